@@ -1,0 +1,3 @@
+from pet_core.cli import main
+
+raise SystemExit(main())

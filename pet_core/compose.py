@@ -1,0 +1,140 @@
+"""Apply a layer's resolved steps to its weights, in one documented order.
+
+Order: **low_rank → prune → quantize | share**.
+
+* ``low_rank`` replaces the weight by two stored factors ``first (out, r)`` and ``second (r, in_flat)``;
+  the later steps act on each stored tensor (the weight itself, or both factors).
+* ``prune`` (magnitude) zeroes stored values with ``|v| <= threshold``; the threshold comes from the
+  layer's own sparsity, the recipe's absolute threshold, or the global threshold shared by all
+  layers in global scope. Channel pruning scores the layer's (reconstructed) output channels and
+  zeroes those rows of the weight (or of ``first``) and their bias entries.
+* ``quantize`` or ``share`` code the kept values only; pruned positions stay exactly zero.
+
+Pure: inputs are never modified; the caller writes ``LayerResult.weight`` into its model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pet_core.methods.channel import ChannelConfig, channel_norms, channels_to_keep
+from pet_core.methods.low_rank import LowRankConfig, low_rank
+from pet_core.methods.magnitude import keep_mask, magnitude_scores, threshold_for_sparsity
+from pet_core.methods.quantize import QuantizeConfig, quantize
+from pet_core.methods.share import ShareConfig, share
+from pet_core.steps import LayerSpec
+
+FLOAT_BITS = 32
+
+
+@dataclass
+class StoredTensor:
+    """One tensor as it would be stored: its values and what its encoding needs."""
+
+    name: str                      # "weight", or "weight.first" / "weight.second" when factored
+    values: torch.Tensor           # effective values (dequantised, pruned positions exactly 0)
+    value_bits: int                # bits per stored value: 32, quantisation bits, or index bits
+    overhead_bits: int = 0         # scales, offsets, codebooks
+    value_format: str = "float32"  # "float32", "int4", "shared16" ...
+    pruned: bool = False           # a pruning mask was applied (zeros are structural)
+
+
+@dataclass
+class LayerResult:
+    """A compressed layer: effective weight and bias for the model, stored tensors for the size."""
+
+    weight: torch.Tensor           # the layer's shape
+    bias: torch.Tensor | None
+    tensors: list[StoredTensor]
+    rank: int | None = None
+    singular_values: torch.Tensor | None = None
+
+
+def prune_scores(weight: torch.Tensor, spec: LayerSpec) -> list[torch.Tensor]:
+    """The magnitude scores that pruning sees for this layer (after low rank): for global thresholds."""
+    return [magnitude_scores(t) for t in _factors(weight, spec)[0]]
+
+
+def _factors(weight: torch.Tensor, spec: LayerSpec):
+    if spec.low_rank is None:
+        return [weight], None
+    f = low_rank(weight, LowRankConfig(rank=spec.low_rank.rank, energy=spec.low_rank.energy))
+    return [f.first, f.second], f
+
+
+def _code(t: torch.Tensor, mask: torch.Tensor | None, spec: LayerSpec) -> tuple[torch.Tensor, int, int, str]:
+    """Quantise or share one stored tensor; returns (values, value_bits, overhead_bits, format)."""
+    if spec.quantize is not None:
+        q = spec.quantize
+        out = quantize(t, QuantizeConfig(bits=q.bits, scheme=q.scheme, granularity=q.granularity), mask=mask)
+        groups = out.scale.numel()
+        overhead = groups * FLOAT_BITS * (2 if out.offset is not None else 1)
+        return out.values, q.bits, overhead, f"int{q.bits}"
+    if spec.share is not None:
+        out = share(t, ShareConfig(clusters=spec.share.clusters), mask=mask)
+        m = out.codebook.numel()
+        index_bits = max(1, (m - 1).bit_length())
+        return out.values, index_bits, m * FLOAT_BITS, f"shared{m}"
+    values = t if mask is None else t * mask
+    return values, FLOAT_BITS, 0, "float32"
+
+
+def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec,
+                   global_threshold: float | None = None) -> LayerResult:
+    """Compress one layer's weight (and, for channel pruning, its bias) by ``spec``.
+
+    Args:
+        weight: the baseline weight, ``(out, in)`` or ``(out, in, *kernel)``; never modified.
+        bias: the baseline bias or None.
+        spec: the layer's resolved steps.
+        global_threshold: the magnitude threshold when the layer prunes in global scope.
+
+    Example:
+        >>> from pet_core.steps import LayerSpec, Prune
+        >>> r = compress_layer(torch.tensor([[1., -2.], [3., 0.5]]), None, LayerSpec(prune=Prune(sparsity=0.5)))
+        >>> r.weight
+        tensor([[ 0., -2.],
+                [ 3.,  0.]])
+    """
+    with torch.no_grad():
+        stored, factored = _factors(weight, spec)
+        masks: list[torch.Tensor | None] = [None] * len(stored)
+        new_bias = bias
+        p = spec.prune
+        if p is not None and p.method == "magnitude":
+            scores = [magnitude_scores(t) for t in stored]
+            if p.threshold is not None:
+                threshold = p.threshold
+            elif p.scope == "global" and global_threshold is not None:
+                threshold = global_threshold
+            else:
+                threshold = threshold_for_sparsity(torch.cat([s.flatten() for s in scores]), p.sparsity)
+            masks = [keep_mask(s, threshold) for s in scores]
+        elif p is not None:
+            norm = 1 if p.method == "l1_channel" else 2
+            full = weight if factored is None else factored.values
+            norms = channel_norms(full, norm)                                    # (out,)
+            if p.threshold is not None:
+                keep = norms > p.threshold
+            else:
+                keep = channels_to_keep(norms, p.sparsity)
+            first = stored[0]
+            masks[0] = keep.view(-1, *([1] * (first.dim() - 1))).expand_as(first)
+            if bias is not None:
+                new_bias = bias * keep
+        tensors = []
+        for i, (t, mask) in enumerate(zip(stored, masks)):
+            values, bits, overhead, fmt = _code(t, mask, spec)
+            name = "weight" if factored is None else ("weight.first", "weight.second")[i]
+            tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None))
+        if factored is None:
+            effective = tensors[0].values
+        else:
+            effective = (tensors[0].values @ tensors[1].values).reshape(weight.shape)  # (out, in_flat)
+        return LayerResult(
+            weight=effective.to(weight.dtype), bias=new_bias, tensors=tensors,
+            rank=None if factored is None else factored.rank,
+            singular_values=None if factored is None else factored.singular_values,
+        )

@@ -1,0 +1,147 @@
+"""Recipes: the versioned configuration that reproduces every number, validated on load.
+
+A recipe is plain data (JSON or YAML). ``Recipe.to_dict()`` returns exactly what was given
+(after type normalisation), so ``parse(dump(r)) == r`` for both formats::
+
+    pet_recipe: 1
+    model: lenet_300_100
+    dataset: digits
+    default:
+      prune:    {method: magnitude, scope: global, sparsity: 0.9}
+      quantize: {bits: 4, scheme: symmetric, granularity: per_channel}
+    layers:
+      "fc3": {prune: {sparsity: 0.5}, quantize: {bits: 8}}
+
+Step fields, their defaults, allowed values and help texts live in ``pet_core.steps``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pet_core.errors import PetError
+from pet_core.steps import STEPS, validate_step
+
+RECIPE_VERSION = 1
+TOP_KEYS = ("pet_recipe", "model", "dataset", "default", "layers")
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. ``default`` and ``layers`` hold only the keys that were given."""
+
+    model: str = "lenet_300_100"
+    dataset: str = "digits"
+    default: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, ready for JSON or YAML."""
+        out: dict[str, Any] = {"pet_recipe": RECIPE_VERSION, "model": self.model, "dataset": self.dataset}
+        out["default"] = copy.deepcopy(self.default)
+        if self.layers:
+            out["layers"] = copy.deepcopy(self.layers)
+        return out
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A validated copy with top-level fields replaced (``default=...``, ``layers=...``)."""
+        data = self.to_dict()
+        data.update(changes)
+        return Recipe.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Recipe":
+        """Validate plain data; raises PetError naming the key, the value and what is allowed."""
+        if not isinstance(data, dict):
+            raise PetError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
+        unknown = [k for k in data if k not in TOP_KEYS]
+        if unknown:
+            raise PetError(f"recipe: unknown key '{unknown[0]}' (allowed: {', '.join(TOP_KEYS)})")
+        version = data.get("pet_recipe")
+        if version != RECIPE_VERSION:
+            raise PetError(f"recipe: pet_recipe = {version!r} is not supported (allowed: {RECIPE_VERSION})")
+        model = _text(data.get("model", "lenet_300_100"), "model")
+        dataset = _text(data.get("dataset", "digits"), "dataset")
+        default = _steps(data.get("default") or {}, "default", allow_null=False)
+        if "quantize" in default and "share" in default:
+            raise PetError("recipe: default has both quantize and share (a layer uses quantize or share, not both)")
+        layers_in = data.get("layers") or {}
+        if not isinstance(layers_in, dict):
+            raise PetError(f"recipe: layers must be a mapping of layer name or glob to steps, got {layers_in!r}")
+        layers = {}
+        for pattern, steps in layers_in.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise PetError(f"recipe: layers key {pattern!r} must be a layer name or glob")
+            layers[pattern] = _steps(steps or {}, f"layers.{pattern}", allow_null=True)
+        return cls(model=model, dataset=dataset, default=default, layers=layers)
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise PetError(f"recipe: {key} = {value!r} must be a non-empty string")
+    return value
+
+
+def _steps(data: Any, where: str, *, allow_null: bool) -> dict[str, dict[str, Any] | None]:
+    if not isinstance(data, dict):
+        raise PetError(f"recipe: {where} must be a mapping of steps ({', '.join(STEPS)}), got {data!r}")
+    out: dict[str, dict[str, Any] | None] = {}
+    for step, fields in data.items():
+        if step not in STEPS:
+            raise PetError(f"recipe: unknown key '{where}.{step}' (allowed: {', '.join(STEPS)})")
+        if fields is None:
+            if not allow_null:
+                raise PetError(f"recipe: {where}.{step} = null (null switches a step off only in layers)")
+            out[step] = None
+            continue
+        out[step] = validate_step(step, fields, f"{where}.{step}", partial=allow_null)
+    return out
+
+
+# --- text formats ------------------------------------------------------------------------------
+
+def dumps(recipe: Recipe, fmt: str = "yaml") -> str:
+    """Serialise to ``"yaml"`` or ``"json"`` text."""
+    data = recipe.to_dict()
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    raise PetError(f"recipe format {fmt!r} is not supported (allowed: yaml, json)")
+
+
+def loads(text: str, fmt: str = "yaml") -> Recipe:
+    """Parse and validate recipe text (JSON is valid YAML, but ``fmt="json"`` gives JSON's messages)."""
+    try:
+        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PetError(f"recipe: not valid {fmt.upper()}: {' '.join(str(exc).split())}") from None
+    return Recipe.from_dict(data)
+
+
+def load(path: str | Path) -> Recipe:
+    """Read a recipe file (``.json``, ``.yaml`` or ``.yml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PetError(f"recipe file {path} not found")
+    fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PetError(f"recipe file {path} is not UTF-8 text") from None
+    try:
+        return loads(text, fmt)
+    except PetError as exc:
+        raise PetError(f"{path.name}: {exc}") from None
+
+
+def save(recipe: Recipe, path: str | Path) -> None:
+    """Write a recipe; the format follows the file extension."""
+    path = Path(path)
+    path.write_text(dumps(recipe, "json" if path.suffix.lower() == ".json" else "yaml"), encoding="utf-8")

@@ -1,0 +1,27 @@
+"""Shared test set-up: a hermetic model cache, and where MNIST lives."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+MNIST_DIR = Path(os.environ.get("PET_MNIST_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory):
+    """Zoo models train into a fresh cache once per test session, never into the user's."""
+    old = os.environ.get("PET_CACHE_DIR")
+    os.environ["PET_CACHE_DIR"] = str(tmp_path_factory.mktemp("pet_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PET_CACHE_DIR", None)
+    else:
+        os.environ["PET_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists() and not (MNIST_DIR / "t10k-labels-idx1-ubyte").exists():
+        pytest.skip(f"MNIST not found in {MNIST_DIR} (set PET_MNIST_DIR)")
+    return MNIST_DIR
