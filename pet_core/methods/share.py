@@ -1,0 +1,157 @@
+"""Weight sharing (Deep Compression, Han et al. 2016): 1-D k-means on the kept weights.
+
+Each weight is replaced by its cluster centroid; storage is a small codebook plus
+log2(k)-bit indices. In 1-D, k-means clusters are contiguous intervals of the sorted
+values, so after one sort every Lloyd iteration costs O(k log n) via prefix sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pet_core.errors import PetError
+
+
+@dataclass
+class ShareConfig:
+    """Number of shared values (codebook size) and the Lloyd iteration cap.
+
+    >>> ShareConfig(clusters=32).iterations
+    30
+    """
+
+    clusters: int = 16
+    iterations: int = 30
+
+    def __post_init__(self) -> None:
+        if self.clusters < 1:
+            raise PetError(f"weight sharing needs clusters >= 1, got {self.clusters}")
+        if self.iterations < 0:
+            raise PetError(f"weight sharing iterations must be >= 0, got {self.iterations}")
+
+
+@dataclass
+class Shared:
+    """Result of ``share``."""
+
+    values: Tensor  # w's shape and dtype; codebook[codes] on kept positions, exactly 0 on pruned
+    codes: Tensor  # int32 indices into codebook, w's shape; 0 at pruned positions
+    codebook: Tensor  # (m,) float32 ascending, m <= clusters
+
+
+def _numpy64(x: Tensor) -> np.ndarray:
+    """Flat float64 numpy copy of ``x``.
+
+    The k-means inner loop runs in numpy: it is dozens of tiny ops on k values, where
+    torch's per-op overhead (and its thread-pool wake-ups on 2 cores) dominates.
+    """
+    x = x.detach().reshape(-1).cpu()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)  # half / bfloat16 have no numpy equivalent
+    return x.numpy().astype(np.float64)
+
+
+def _midpoints(c: np.ndarray) -> np.ndarray:
+    """Decision boundaries between sorted centroids (k,) -> (k-1,)."""
+    return (c[1:] + c[:-1]) / 2
+
+
+def _cluster_ends(xs: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """End index (k,) of each cluster in sorted ``xs``: cluster j is mid[j-1] < x <= mid[j]."""
+    # same tie rule as torch.bucketize(right=False) used for the final codes
+    inner = np.searchsorted(xs, _midpoints(c), side="right")
+    return np.append(inner, xs.size)
+
+
+def _lloyd_sorted(xs: np.ndarray, c: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd iterations on sorted values ``xs`` (n,) from ascending centroids ``c`` (k,)."""
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])  # (n+1,) prefix[i] = sum of xs[:i]
+    ends = None
+    for _ in range(iterations):
+        new_ends = _cluster_ends(xs, c)
+        if ends is not None and np.array_equal(new_ends, ends):
+            break  # assignments unchanged -> converged
+        ends = new_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        counts = ends - starts  # (k,)
+        sums = prefix[ends] - prefix[starts]  # (k,)
+        # empty clusters keep their centroid (dropped at the end)
+        c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        c = np.sort(c)  # 1-D Lloyd keeps the order; sort guards against float rounding
+    return c
+
+
+def kmeans_1d(x: Tensor, k: int, iterations: int = 30) -> tuple[Tensor, Tensor]:
+    """1-D k-means with linear initialisation; returns ``(centroids (k',) float32, codes (n,) int32)``.
+
+    Centroids are ascending, k' <= k (empty clusters dropped). If ``x`` has at most k
+    distinct values they are returned exactly (lossless).
+
+    >>> kmeans_1d(torch.tensor([0.0, 0.1, 1.0, 1.1]), 2, 10)
+    (tensor([0.0500, 1.0500]), tensor([0, 0, 1, 1], dtype=torch.int32))
+    """
+    if k < 1:
+        raise PetError(f"k-means needs k >= 1, got {k}")
+    a = _numpy64(x)  # (n,) original order
+    if a.size == 0:
+        return torch.empty(0, dtype=torch.float32), torch.empty(0, dtype=torch.int32)
+    xs = np.sort(a)  # (n,) sorted once; clusters are contiguous runs of it
+    n_distinct = 1 + int(np.count_nonzero(xs[1:] != xs[:-1]))
+    if n_distinct <= k:
+        distinct = np.unique(xs)
+        # exact matches: searchsorted (left) finds each value's own index
+        codes = np.searchsorted(distinct, a).astype(np.int32)
+        return torch.from_numpy(distinct.astype(np.float32)), torch.from_numpy(codes)
+
+    c = np.linspace(xs[0], xs[-1], k)  # linear init, evenly spaced over [min, max] (Han et al.)
+    c = _lloyd_sorted(xs, c, iterations)
+
+    # final nearest-centroid assignment; drop empty clusters (this leaves assignments unchanged)
+    ends = _cluster_ends(xs, c)
+    counts = ends - np.concatenate([[0], ends[:-1]])
+    c = c[counts > 0]
+    codes = torch.bucketize(torch.from_numpy(a), torch.from_numpy(_midpoints(c)), out_int32=True)  # O(n log k)
+    return torch.from_numpy(c.astype(np.float32)), codes
+
+
+def kmeans_objective(x: Tensor, centroids: Tensor) -> float:
+    """Sum of squared distances from each value to its nearest centroid.
+
+    >>> kmeans_objective(torch.tensor([0.0, 2.0]), torch.tensor([1.0]))
+    2.0
+    """
+    a = _numpy64(x)
+    c = np.sort(_numpy64(centroids))
+    idx = np.searchsorted(_midpoints(c), a)  # nearest centroid
+    return float(((a - c[idx]) ** 2).sum())
+
+
+def share(w: Tensor, cfg: ShareConfig, mask: Tensor | None = None) -> Shared:
+    """Cluster the kept weights of ``w`` into at most ``cfg.clusters`` shared values.
+
+    >>> s = share(torch.tensor([0.0, 0.1, 1.0, 1.1]), ShareConfig(clusters=2))
+    >>> s.codebook, s.codes
+    (tensor([0.0500, 1.0500]), tensor([0, 0, 1, 1], dtype=torch.int32))
+    """
+    if mask is not None and mask.shape != w.shape:
+        raise PetError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(w.shape)}")
+    a = _numpy64(w)  # (n,) flat; gathers/scatters in numpy (much cheaper than torch here)
+    keep = np.ones(a.size, dtype=bool) if mask is None else mask.detach().cpu().bool().numpy().reshape(-1)
+    all_kept = bool(keep.all())
+    kept = a if all_kept else a[keep]
+    codebook, kept_codes = kmeans_1d(torch.from_numpy(kept), cfg.clusters, cfg.iterations)
+    codes = kept_codes.numpy()
+    if not all_kept:
+        codes = np.zeros(a.size, dtype=np.int32)
+        codes[keep] = kept_codes.numpy()  # pruned positions keep code 0
+    values = codebook.numpy()[codes] if codebook.numel() else np.zeros(a.size, dtype=np.float32)
+    values = np.where(keep, values, np.float32(0.0))  # pruned stay exactly 0
+    return Shared(
+        values=torch.from_numpy(values).reshape(w.shape).to(dtype=w.dtype, device=w.device),
+        codes=torch.from_numpy(codes).reshape(w.shape),
+        codebook=codebook,
+    )
