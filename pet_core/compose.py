@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pet_core.methods.channel import ChannelConfig, channel_norms, channels_to_keep
+from pet_core.methods.channel import broadcast_channel_mask, channel_norms, channels_above, channels_to_keep
 from pet_core.methods.low_rank import LowRankConfig, low_rank
 from pet_core.methods.magnitude import keep_mask, magnitude_scores, threshold_for_sparsity
 from pet_core.methods.quantize import QuantizeConfig, quantize
@@ -50,6 +50,8 @@ class LayerResult:
     tensors: list[StoredTensor]
     rank: int | None = None
     singular_values: torch.Tensor | None = None
+    threshold: float | None = None     # magnitude threshold (weights) or norm threshold (channels) used
+    levels: list[float] | None = None  # quantisation levels or k-means centroids, to draw on histograms
 
 
 def prune_scores(weight: torch.Tensor, spec: LayerSpec) -> list[torch.Tensor]:
@@ -64,21 +66,41 @@ def _factors(weight: torch.Tensor, spec: LayerSpec):
     return [f.first, f.second], f
 
 
-def _code(t: torch.Tensor, mask: torch.Tensor | None, spec: LayerSpec) -> tuple[torch.Tensor, int, int, str]:
-    """Quantise or share one stored tensor; returns (values, value_bits, overhead_bits, format)."""
+MAX_LEVELS_DRAWN = 256
+
+
+def quant_levels(scale: float, offset: float | None, bits: int) -> list[float]:
+    """The values a quantised group can take (symmetric: around 0; asymmetric: offset + k·scale)."""
+    if bits > 8:
+        return []
+    if offset is not None:
+        return [offset + k * scale for k in range(2 ** bits)]
+    if bits == 1:
+        return [-scale, scale]
+    qmax = 2 ** (bits - 1) - 1
+    return [k * scale for k in range(-qmax, qmax + 1)]
+
+
+def _code(t: torch.Tensor, mask: torch.Tensor | None, spec: LayerSpec):
+    """Quantise or share one stored tensor; returns (values, value_bits, overhead_bits, format, levels).
+
+    Levels drawn for per-channel quantisation are those of the widest channel.
+    """
     if spec.quantize is not None:
         q = spec.quantize
         out = quantize(t, QuantizeConfig(bits=q.bits, scheme=q.scheme, granularity=q.granularity), mask=mask)
         groups = out.scale.numel()
         overhead = groups * FLOAT_BITS * (2 if out.offset is not None else 1)
-        return out.values, q.bits, overhead, f"int{q.bits}"
+        g = int(torch.argmax(out.scale))
+        levels = quant_levels(float(out.scale[g]), None if out.offset is None else float(out.offset[g]), q.bits)
+        return out.values, q.bits, overhead, f"int{q.bits}", levels
     if spec.share is not None:
         out = share(t, ShareConfig(clusters=spec.share.clusters), mask=mask)
         m = out.codebook.numel()
         index_bits = max(1, (m - 1).bit_length())
-        return out.values, index_bits, m * FLOAT_BITS, f"shared{m}"
+        return out.values, index_bits, m * FLOAT_BITS, f"shared{m}", out.codebook.tolist()
     values = t if mask is None else t * mask
-    return values, FLOAT_BITS, 0, "float32"
+    return values, FLOAT_BITS, 0, "float32", None
 
 
 def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec,
@@ -102,6 +124,7 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
         stored, factored = _factors(weight, spec)
         masks: list[torch.Tensor | None] = [None] * len(stored)
         new_bias = bias
+        threshold = None
         p = spec.prune
         if p is not None and p.method == "magnitude":
             scores = [magnitude_scores(t) for t in stored]
@@ -117,16 +140,16 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
             full = weight if factored is None else factored.values
             norms = channel_norms(full, norm)                                    # (out,)
             if p.threshold is not None:
-                keep = norms > p.threshold
+                threshold, keep = p.threshold, channels_above(norms, p.threshold)
             else:
                 keep = channels_to_keep(norms, p.sparsity)
-            first = stored[0]
-            masks[0] = keep.view(-1, *([1] * (first.dim() - 1))).expand_as(first)
+            masks[0] = broadcast_channel_mask(keep, stored[0].shape)
             if bias is not None:
                 new_bias = bias * keep
-        tensors = []
+        tensors, levels = [], None
         for i, (t, mask) in enumerate(zip(stored, masks)):
-            values, bits, overhead, fmt = _code(t, mask, spec)
+            values, bits, overhead, fmt, levels_i = _code(t, mask, spec)
+            levels = levels if levels is not None else levels_i
             name = "weight" if factored is None else ("weight.first", "weight.second")[i]
             tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None))
         if factored is None:
@@ -137,4 +160,5 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
             weight=effective.to(weight.dtype), bias=new_bias, tensors=tensors,
             rank=None if factored is None else factored.rank,
             singular_values=None if factored is None else factored.singular_values,
+            threshold=threshold, levels=levels if factored is None else None,
         )

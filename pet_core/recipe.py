@@ -17,8 +17,10 @@ Step fields, their defaults, allowed values and help texts live in ``pet_core.st
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,21 @@ def save(recipe: Recipe, path: str | Path) -> None:
     """Write a recipe; the format follows the file extension."""
     path = Path(path)
     path.write_text(dumps(recipe, "json" if path.suffix.lower() == ".json" else "yaml"), encoding="utf-8")
+
+
+# --- links ----------------------------------------------------------------------------------------
+
+def to_token(recipe: Recipe) -> str:
+    """A compact URL-safe token for sharing a recipe as a link (``?recipe=...``)."""
+    raw = json.dumps(recipe.to_dict(), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
+
+
+def from_token(token: str) -> Recipe:
+    """The recipe in a link token; PetError when the token is damaged."""
+    try:
+        raw = zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        data = json.loads(raw)
+    except (ValueError, zlib.error) as exc:
+        raise PetError(f"recipe link is damaged ({type(exc).__name__})") from None
+    return Recipe.from_dict(data)

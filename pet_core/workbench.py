@@ -55,6 +55,7 @@ class Workbench:
         self.specs: dict[str, LayerSpec] = {n: LayerSpec() for n in self.names}
         self._keys: dict[str, Any] = {n: (LayerSpec(), None) for n in self.names}
         self._results: dict[str, LayerResult | None] = {n: None for n in self.names}
+        self._sizes: dict[str, LayerSize] = {}   # per compressible layer, dropped when it is rewritten
         self._sorted: OrderedDict[tuple, SortedScores] = OrderedDict()
         self._baseline_accuracy: float | None = None
         self.last_apply_ms = 0.0
@@ -108,6 +109,7 @@ class Workbench:
             if bias is not None:
                 module.bias.copy_(bias if result is None else result.bias)
         self._results[name] = result
+        self._sizes.pop(name, None)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -139,12 +141,14 @@ class Workbench:
         rows = []
         for name, module in self.model.named_modules():
             if name in self.layers:
-                result = self._results[name]
-                weight = module.weight.detach()
-                stored = result.tensors if result else [StoredTensor("weight", weight, 32)]
-                rows.append(layer_size(name, module_type(module), weight.numel(), stored,
-                                       own_tensors(module, skip=("weight",)),
-                                       rank=result.rank if result else None))
+                if name not in self._sizes:
+                    result = self._results[name]
+                    weight = module.weight.detach()
+                    stored = result.tensors if result else [StoredTensor("weight", weight, 32)]
+                    self._sizes[name] = layer_size(name, module_type(module), weight.numel(), stored,
+                                                   own_tensors(module, skip=("weight",)),
+                                                   rank=result.rank if result else None)
+                rows.append(self._sizes[name])
             elif own_tensors(module):
                 rows.append(plain_size(name or "(model)", module_type(module), own_tensors(module)))
         return rows

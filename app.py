@@ -1,0 +1,49 @@
+"""PET Studio: see how pruning, quantization, weight sharing and low rank trade accuracy for bytes."""
+
+import streamlit as st
+
+from studio import state, sidebar
+
+st.set_page_config(page_title="PET Studio", page_icon="🗜️", layout="wide")
+
+
+def home() -> None:
+    st.title("🗜️ PET Studio")
+    st.markdown(
+        "Load a model, **look at its weights**, and move sliders to prune, quantize, share or factorise them.  \n"
+        "Accuracy and **honest bytes** (the size of the encoding that would really be stored) update live.  \n"
+        "Compare every configuration on a Pareto plot and leave with a recipe that reproduces the numbers headless."
+    )
+    report = state.evaluate()
+    if report is None:
+        return
+    src = st.session_state["source"]
+    b, c = report["baseline"], report["compressed"]
+    st.subheader("Now")
+    cols = st.columns(4)
+    cols[0].metric("Model", src["model"], help=f"dataset: {src['dataset']}")
+    cols[1].metric("Accuracy", f"{c['accuracy']:.2%}", f"{(c['accuracy'] - b['accuracy']) * 100:+.2f} pts")
+    cols[2].metric("Size", f"{c['size_bytes']:,} B", f"{c['compression_ratio']:.1f}× smaller", delta_color="off")
+    cols[3].metric("Baseline size", f"{b['size_bytes']:,} B", help="dense fp32, every parameter and buffer")
+    st.caption(f"Dataset **{src['dataset']}** · recipe: {state.summary()} · sizes are *accounted* "
+               "(bytes of the chosen encoding), accuracy is *measured* on decoded weights.")
+    st.subheader("Where next")
+    cols = st.columns(5)
+    cols[0].page_link("pages/model.py", label="Pick a model", icon="🧠")
+    cols[1].page_link("pages/weights.py", label="See the weights", icon="📊")
+    cols[2].page_link("pages/compress.py", label="Compress", icon="🎚️")
+    cols[3].page_link("pages/pareto.py", label="Compare runs", icon="📈")
+    cols[4].page_link("pages/export.py", label="Export", icon="📦")
+
+
+nav = st.navigation([
+    st.Page(home, title="Home", icon="🏠", default=True),
+    st.Page("pages/model.py", title="Model", icon="🧠"),
+    st.Page("pages/weights.py", title="Weights", icon="📊"),
+    st.Page("pages/compress.py", title="Compress", icon="🎚️"),
+    st.Page("pages/pareto.py", title="Pareto", icon="📈"),
+    st.Page("pages/export.py", title="Export", icon="📦"),
+])
+state.init()
+sidebar.render()
+nav.run()

@@ -1,0 +1,93 @@
+"""Model: pick a zoo model and a dataset, or upload a model file; see its architecture."""
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pet_core.architecture import summary_rows, total_macs
+from pet_core.errors import PetError
+from pet_core.loader import load_baseline
+from pet_core.zoo import list_models
+from studio import state
+
+st.title("🧠 Model")
+src = st.session_state["source"]
+models = {m.name: m for m in list_models()}
+DATASETS = ["digits", "mnist", "upload .npz"]
+
+with st.form("source"):
+    kind = st.radio("Model", ["Zoo model", "Upload a file"], horizontal=True,
+                    index=0 if src["model"] in models else 1)
+    c1, c2 = st.columns(2)
+    name = c1.selectbox("Zoo model", list(models), index=list(models).index(src["model"]) if src["model"] in models else 0,
+                        format_func=lambda n: f"{n} — {models[n].description}")
+    ds_now = src["dataset"] if src["dataset"] in DATASETS[:2] else DATASETS[2]
+    dataset = c2.selectbox("Dataset", DATASETS, index=DATASETS.index(ds_now),
+                           help="digits: scikit-learn's 8×8 digits, offline. mnist: a folder with the four IDX files.")
+    data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir())
+    npz = c2.file_uploader("Dataset .npz (arrays x, y)", type=["npz"])
+    upload = c1.file_uploader("Model file: TorchScript, state_dict (.pt/.pth) or .safetensors",
+                              type=["pt", "pth", "safetensors", "ts", "zip"])
+    arch = c1.selectbox("Architecture of a state_dict", ["infer"] + list(models))
+    allow_pickle = c1.checkbox("Allow a pickled module ⚠️ loading it runs code from the file")
+    submitted = st.form_submit_button("Load", type="primary")
+
+
+def _save_upload(f) -> str:
+    folder = Path(tempfile.mkdtemp(prefix="pet_upload_"))
+    path = folder / Path(f.name).name
+    path.write_bytes(f.getvalue())
+    return str(path)
+
+
+if submitted:
+    if dataset == "upload .npz":
+        dataset_spec = _save_upload(npz) if npz else None
+    else:
+        dataset_spec = dataset
+    if dataset_spec is None:
+        st.error("Choose an .npz file to use an uploaded dataset.")
+    elif kind == "Zoo model":
+        st.session_state.pop("user_baseline", None)
+        state.set_source(name, dataset_spec, data_dir if dataset == "mnist" else None)
+    elif upload is None:
+        st.error("Choose a model file to upload, or pick a zoo model.")
+    else:
+        try:
+            loaded = load_baseline(_save_upload(upload), dataset_spec, data_dir if dataset == "mnist" else None,
+                                   arch=None if arch == "infer" else arch, allow_pickle=allow_pickle)
+            loaded.model_name = upload.name
+            st.session_state["user_baseline"] = loaded
+            state.set_source(upload.name, dataset_spec, data_dir if dataset == "mnist" else None)
+        except PetError as exc:
+            st.error(f"{upload.name}: {exc}")
+
+base = state.baseline()
+if base is not None:
+    ds = base.dataset
+    st.success(f"**{st.session_state['source']['model']}** on **{ds.name}**: "
+               f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images of {list(ds.input_shape)}, "
+               f"{ds.num_classes} classes. {ds.note}")
+    wb = state.workbench()
+    rows = summary_rows(base.model, ds.input_shape)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Baseline accuracy", f"{wb.baseline_accuracy:.2%}")
+    c2.metric("Parameters", f"{sum(p.numel() for p in base.model.parameters()):,}")
+    c3.metric("MACs per image", f"{total_macs(rows):,}")
+    st.subheader("Architecture")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.subheader("Graph")
+    try:
+        from studio.netron_server import model_to_netron_bytes, publish
+
+        cached = st.session_state.get("netron")
+        if cached is None or cached[0] != id(base.model):
+            data, filename = model_to_netron_bytes(base.model, ds.input_shape)
+            cached = st.session_state["netron"] = (id(base.model), publish(data, filename), filename)
+        _, url, filename = cached
+        st.components.v1.iframe(url, height=640, scrolling=True)
+        st.caption(f"Netron, served from this machine ({filename}); nothing leaves it.")
+    except Exception as exc:  # the graph is a view: never break the page for it
+        st.info(f"The graph viewer is unavailable here ({type(exc).__name__}: {exc}).")

@@ -1,0 +1,125 @@
+"""Plotly figures from plain data: the app and the HTML report draw the same pictures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+import torch
+
+from pet_core.pareto import pareto_front
+
+MAX_HEATMAP = 256
+
+
+def weight_histogram(name: str, edges: Sequence[float], before: Sequence[int], after: Sequence[int] | None = None,
+                     threshold: float | None = None, levels: Sequence[float] | None = None,
+                     log_y: bool = False, after_zeros: int = 0, sampled: bool = False) -> go.Figure:
+    """Histogram of a layer's weights with the pruning threshold (±t) and quantisation levels drawn."""
+    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    width = edges[1] - edges[0] if len(edges) > 1 else 1.0
+    fig = go.Figure()
+    fig.add_bar(x=centers, y=list(before), width=width, name="baseline", marker_color="#8fa8c8", opacity=0.7)
+    if after is not None:
+        fig.add_bar(x=centers, y=list(after), width=width, marker_color="#e4572e", opacity=0.6,
+                    name=f"compressed (non-zero; {after_zeros:,} zeros not drawn)")
+    if threshold is not None and math.isfinite(threshold):
+        for x in (-threshold, threshold):
+            fig.add_vline(x=x, line_dash="dash", line_color="#222")
+        fig.add_annotation(x=threshold, y=1, yref="paper", text=f"threshold ±{threshold:.3g}", showarrow=False,
+                           xanchor="left", yanchor="top")
+    if levels:
+        lo, hi = edges[0], edges[-1]
+        for v in levels:
+            if lo <= v <= hi:
+                fig.add_vline(x=v, line_width=1, line_color="#2a9d8f", opacity=0.6)
+        fig.add_scatter(x=[None], y=[None], mode="lines", line_color="#2a9d8f", name=f"{len(levels)} levels")
+    title = f"{name}: weight distribution" + (" (histogram of a strided sample)" if sampled else "")
+    fig.update_layout(title=title, barmode="overlay", bargap=0, height=360, margin=dict(t=50, b=40, l=50, r=20),
+                      xaxis_title="weight", yaxis_title="count", legend=dict(orientation="h", y=-0.2))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def sparsity_bars(names: Sequence[str], sparsity: Sequence[float]) -> go.Figure:
+    """Fraction of zero weights per layer."""
+    fig = go.Figure(go.Bar(x=list(names), y=list(sparsity), marker_color="#e4572e",
+                           text=[f"{s:.0%}" for s in sparsity], textposition="outside"))
+    fig.update_layout(title="Sparsity per layer", yaxis=dict(range=[0, 1.1], tickformat=".0%"),
+                      height=300, margin=dict(t=50, b=40, l=50, r=20))
+    return fig
+
+
+def _downsample(m: torch.Tensor) -> torch.Tensor:
+    rs = max(1, -(-m.shape[0] // MAX_HEATMAP))
+    cs = max(1, -(-m.shape[1] // MAX_HEATMAP))
+    return m[::rs, ::cs]
+
+
+def weight_heatmap(name: str, weight: torch.Tensor) -> go.Figure:
+    """The layer's weights as a matrix (out × in·kh·kw) beside its mask (non-zero positions)."""
+    from plotly.subplots import make_subplots
+
+    m = _downsample(weight.detach().float().reshape(weight.shape[0], -1))    # (out, in_flat), strided
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("weights", "mask (kept = 1)"))
+    lim = float(m.abs().max()) or 1.0
+    fig.add_heatmap(z=m.tolist(), colorscale="RdBu", zmin=-lim, zmax=lim, row=1, col=1, colorbar=dict(x=0.45))
+    fig.add_heatmap(z=(m != 0).int().tolist(), colorscale=[[0, "#ffffff"], [1, "#222222"]], showscale=False,
+                    row=1, col=2)
+    strided = " (strided view)" if tuple(m.shape) != (weight.shape[0], weight[0].numel()) else ""
+    fig.update_layout(title=f"{name}: weights and mask{strided}", height=380, margin=dict(t=60, b=30, l=40, r=20))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def singular_value_figure(name: str, singular_values: Sequence[float], rank: int | None = None) -> go.Figure:
+    """The singular-value spectrum and its retained energy, with the chosen rank cut."""
+    s = [float(v) for v in singular_values]
+    total = sum(v * v for v in s) or 1.0
+    energy, acc = [], 0.0
+    for v in s:
+        acc += v * v
+        energy.append(acc / total)
+    ranks = list(range(1, len(s) + 1))
+    fig = go.Figure()
+    fig.add_scatter(x=ranks, y=s, name="singular value", mode="lines")
+    fig.add_scatter(x=ranks, y=energy, name="energy kept", yaxis="y2", mode="lines", line_dash="dot")
+    if rank:
+        fig.add_vline(x=rank, line_dash="dash", line_color="#e4572e")
+        fig.add_annotation(x=rank, y=1, yref="paper", text=f"rank {rank}", showarrow=False, xanchor="left")
+    fig.update_layout(title=f"{name}: singular values", height=320, xaxis_title="rank",
+                      yaxis=dict(title="σ", type="log"), margin=dict(t=50, b=40, l=50, r=50),
+                      yaxis2=dict(title="energy", overlaying="y", side="right", range=[0, 1.02], tickformat=".0%"),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+SERIES_COLORS = {"baseline": "#222222", "post-training": "#3d7dca", "sweep": "#9aa5b1", "fine-tuned": "#e4572e"}
+
+
+def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
+    """Accuracy against size (log bytes) for every run, the frontier drawn; one trace per series.
+
+    Each point's ``customdata`` is its index in ``runs`` so a selection maps back to a run.
+    """
+    fig = go.Figure()
+    for series in dict.fromkeys(r["series"] for r in runs):
+        idx = [i for i, r in enumerate(runs) if r["series"] == series]
+        fig.add_scatter(
+            x=[runs[i]["size_bytes"] for i in idx], y=[runs[i]["accuracy"] for i in idx], mode="markers",
+            name=series, customdata=idx, text=[runs[i]["label"] for i in idx],
+            marker=dict(size=[14 if i == selected else 9 for i in idx], color=SERIES_COLORS.get(series, "#7b2cbf"),
+                        line=dict(width=1, color="white")),
+            hovertemplate="%{text}<br>%{y:.2%} · %{x:,} bytes<extra>" + series + "</extra>",
+        )
+    front = sorted(pareto_front(runs), key=lambda i: runs[i]["size_bytes"])
+    if len(front) > 1:
+        fig.add_scatter(x=[runs[i]["size_bytes"] for i in front], y=[runs[i]["accuracy"] for i in front],
+                        mode="lines", line=dict(shape="hv", dash="dot", color="#e4572e"), name="frontier",
+                        hoverinfo="skip")
+    fig.update_layout(title="Accuracy vs size", xaxis=dict(title="size (bytes, log)", type="log"),
+                      yaxis=dict(title="accuracy", tickformat=".1%"), height=460, clickmode="event+select",
+                      margin=dict(t=50, b=40, l=60, r=20))
+    return fig

@@ -1,0 +1,70 @@
+"""Runs and their Pareto frontier: accuracy up, bytes down, directions declared once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+METRIC_DIRECTIONS = {"accuracy": "higher", "size_bytes": "lower"}
+
+
+def _better_or_equal(a: dict, b: dict, directions: dict[str, str]) -> bool:
+    return all((a[m] >= b[m]) if d == "higher" else (a[m] <= b[m]) for m, d in directions.items())
+
+
+def pareto_front(points: list[dict[str, Any]], directions: dict[str, str] = METRIC_DIRECTIONS) -> list[int]:
+    """Indices of the points no other point dominates (as good in every metric, better in one).
+
+    Example:
+        >>> pareto_front([{"accuracy": .9, "size_bytes": 10}, {"accuracy": .8, "size_bytes": 20},
+        ...               {"accuracy": .95, "size_bytes": 30}])
+        [0, 2]
+    """
+    front = []
+    for i, p in enumerate(points):
+        dominated = any(
+            j != i and _better_or_equal(q, p, directions) and any(q[m] != p[m] for m in directions)
+            for j, q in enumerate(points)
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def recipe_key(recipe: dict) -> str:
+    """A canonical string for a recipe, to tell runs apart."""
+    return json.dumps(recipe, sort_keys=True)
+
+
+def run_record(report: dict[str, Any], series: str, label: str | None = None) -> dict[str, Any]:
+    """One point of the Pareto plot from a workbench report."""
+    c = report["compressed"]
+    return {
+        "series": series,
+        "label": label or summarize_recipe(report["recipe"]),
+        "recipe": report["recipe"],
+        "accuracy": c["accuracy"],
+        "size_bytes": c["size_bytes"],
+        "compression_ratio": c["compression_ratio"],
+        "weight_sparsity": c["weight_sparsity"],
+    }
+
+
+def summarize_recipe(recipe: dict | None) -> str:
+    """A short human label: 'prune 90% global · int4 per_channel · 1 override'."""
+    if not recipe:
+        return "baseline"
+    d = recipe.get("default", {})
+    parts = []
+    if p := d.get("prune"):
+        amount = f"{p['sparsity']:.0%}" if "sparsity" in p else f"|w|≤{p['threshold']:g}"
+        parts.append(f"{p.get('method', 'magnitude')} {amount} {p.get('scope', 'global')}")
+    if q := d.get("quantize"):
+        parts.append(f"int{q.get('bits', 8)} {q.get('scheme', 'symmetric')[:3]} {q.get('granularity', 'per_channel')}")
+    if s := d.get("share"):
+        parts.append(f"k-means {s.get('clusters', 16)}")
+    if lr := d.get("low_rank"):
+        parts.append(f"rank {lr['rank']}" if "rank" in lr else f"energy {lr['energy']:.0%}")
+    if n := len(recipe.get("layers") or {}):
+        parts.append(f"{n} override{'s' if n > 1 else ''}")
+    return " · ".join(parts) or "no compression"
