@@ -1,0 +1,1 @@
+"""PET Studio: the Streamlit front end of the PET compression toolkit."""
