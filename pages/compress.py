@@ -13,6 +13,7 @@ from studio.controls import (BITS_CHOICES, CODINGS, LOW_RANK_MODES, PRUNE_METHOD
                              default_from_controls, layers_from_rows, split_layers, table_rows)
 
 ss = st.session_state
+state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("🎚️ Compress")
 wb = state.workbench()
 if wb is None:

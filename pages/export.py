@@ -12,6 +12,7 @@ from pet_core.report import cli_command, html_report
 from studio import state
 
 ss = st.session_state
+state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📦 Export")
 report = state.evaluate()
 wb = state.workbench()

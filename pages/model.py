@@ -12,12 +12,13 @@ from pet_core.loader import load_baseline
 from pet_core.zoo import list_models
 from studio import state
 
+state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("🧠 Model")
 src = st.session_state["source"]
 models = {m.name: m for m in list_models()}
 DATASETS = ["digits", "mnist", "upload .npz"]
 
-with st.form("source"):
+with st.form("source_form"):
     kind = st.radio("Model", ["Zoo model", "Upload a file"], horizontal=True,
                     index=0 if src["model"] in models else 1)
     c1, c2 = st.columns(2)

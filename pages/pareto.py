@@ -9,6 +9,7 @@ from studio import state
 from studio.jobs import JobHandle, SweepJob
 
 ss = st.session_state
+state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📈 Pareto")
 wb = state.workbench()
 if wb is None:

@@ -8,6 +8,7 @@ from pet_core.figures import singular_value_figure, sparsity_bars, weight_heatma
 from pet_core.methods.low_rank import rank_for_energy
 from studio import state
 
+state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📊 Weights")
 report = state.evaluate()
 wb = state.workbench()

@@ -15,7 +15,7 @@ import streamlit as st
 
 from pet_core.errors import PetError
 from pet_core.loader import Baseline, is_zoo_name, load_baseline
-from pet_core.pareto import recipe_key, run_record
+from pet_core.pareto import recipe_key, run_record, summarize_recipe
 from pet_core.recipe import Recipe, from_token, to_token
 from pet_core.size import model_bytes
 from pet_core.workbench import Workbench
@@ -24,6 +24,9 @@ from studio.controls import CONTROL_DEFAULTS, controls_from_default, split_layer
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
 ss = st.session_state
+# What a new session starts with: something visible to move, not "no compression".
+START_RECIPE = Recipe(default={"prune": {"method": "magnitude", "scope": "global", "sparsity": 0.7},
+                               "quantize": {"bits": 8, "scheme": "symmetric", "granularity": "per_channel"}})
 
 
 def default_mnist_dir() -> str:
@@ -33,10 +36,10 @@ def default_mnist_dir() -> str:
 def init() -> None:
     """Run at the top of every page: defaults, widget persistence, a recipe from the link."""
     ss.setdefault("source", {"model": "lenet_300_100", "dataset": "digits", "data_dir": None})
-    ss.setdefault("recipe", Recipe())
-    ss.setdefault("runs", {})
     ss.setdefault("table_version", 0)
-    ss.setdefault("extra_layers", {})
+    if "recipe" not in ss:
+        set_recipe(START_RECIPE)
+    ss.setdefault("runs", {})
     for key, value in CONTROL_DEFAULTS.items():
         # Re-assigning keeps a widget's value when its page is not shown (Streamlit drops it otherwise).
         ss[key] = ss[key] if key in ss else value
@@ -119,8 +122,7 @@ def set_recipe(new: Recipe) -> None:
     ss["recipe"] = new
     for key, value in controls_from_default(new.default).items():
         ss[key] = value
-    ss["table_version"] += 1          # a fresh per-layer table, built from the recipe
-    ss["extra_layers"] = None         # recomputed against the layer names on the Compress page
+    ss["table_version"] = ss.get("table_version", 0) + 1   # a fresh per-layer table, built from the recipe
 
 
 def layer_split(wb: Workbench) -> tuple[dict, dict]:
@@ -183,6 +185,4 @@ def fmt_bytes(n: float) -> str:
 
 
 def summary() -> str:
-    from pet_core.pareto import summarize_recipe
-
     return summarize_recipe(recipe().to_dict())
