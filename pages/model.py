@@ -88,7 +88,7 @@ if base is not None:
             data, filename = model_to_netron_bytes(base.model, ds.input_shape)
             cached = st.session_state["netron"] = (id(base.model), publish(data, filename), filename)
         _, url, filename = cached
-        st.components.v1.iframe(url, height=640, scrolling=True)
+        st.iframe(url, height=640)
         st.caption(f"Netron, served from this machine ({filename}); nothing leaves it.")
     except Exception as exc:  # the graph is a view: never break the page for it
         st.info(f"The graph viewer is unavailable here ({type(exc).__name__}: {exc}).")
