@@ -25,9 +25,9 @@ with st.form("source_form"):
     name = c1.selectbox("Zoo model", list(models), index=list(models).index(src["model"]) if src["model"] in models else 0,
                         format_func=lambda n: f"{n} — {models[n].description}")
     ds_now = src["dataset"] if src["dataset"] in DATASETS[:2] else DATASETS[2]
-    dataset = c2.selectbox("Dataset", DATASETS, index=DATASETS.index(ds_now),
+    dataset = c2.selectbox("Dataset", DATASETS, index=DATASETS.index(ds_now), key="m_dataset",
                            help="digits: scikit-learn's 8×8 digits, offline. mnist: a folder with the four IDX files.")
-    data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir())
+    data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir(), key="m_data_dir")
     npz = c2.file_uploader("Dataset .npz (arrays x, y)", type=["npz"])
     upload = c1.file_uploader("Model file: TorchScript, state_dict (.pt/.pth) or .safetensors",
                               type=["pt", "pth", "safetensors", "ts", "zip"])
@@ -51,8 +51,7 @@ if submitted:
     if dataset_spec is None:
         st.error("Choose an .npz file to use an uploaded dataset.")
     elif kind == "Zoo model":
-        st.session_state.pop("user_baseline", None)
-        state.set_source(name, dataset_spec, data_dir if dataset == "mnist" else None)
+        state.switch_zoo_source(name, dataset_spec, data_dir if dataset == "mnist" else None)
     elif upload is None:
         st.error("Choose a model file to upload, or pick a zoo model.")
     else:

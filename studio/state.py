@@ -8,16 +8,19 @@ working copy of that baseline. Every engine error reaches the page as ``st.error
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from pet_core.errors import PetError
+from pet_core.layers import compressible_layers
 from pet_core.loader import Baseline, is_zoo_name, load_baseline
 from pet_core.pareto import recipe_key, run_record, summarize_recipe
 from pet_core.recipe import Recipe, from_token, to_token
 from pet_core.size import model_bytes
+from pet_core.steps import resolve
 from pet_core.workbench import Workbench
 from studio.controls import CONTROL_DEFAULTS, controls_from_default, split_layers
 
@@ -50,7 +53,10 @@ def init() -> None:
             try:
                 recipe = from_token(token)
                 if is_zoo_name(recipe.model):
-                    set_source(recipe.model, recipe.dataset, default_mnist_dir() if recipe.dataset == "mnist" else None)
+                    data_dir = default_mnist_dir() if recipe.dataset == "mnist" else None
+                    base = _shared_baseline(recipe.model, recipe.dataset, data_dir)
+                    resolve(recipe.default, recipe.layers, list(compressible_layers(base.model)))
+                    set_source(recipe.model, recipe.dataset, data_dir)
                 set_recipe(recipe)
             except PetError as exc:
                 ss["_link_error"] = f"The shared link's recipe was not loaded: {exc}"
@@ -67,10 +73,43 @@ def set_source(model: str, dataset: str, data_dir: str | None = None) -> None:
     ss["source"] = {"model": model, "dataset": dataset, "data_dir": data_dir or None}
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
+def switch_zoo_source(model: str, dataset: str, data_dir: str | None = None) -> bool:
+    """Load a zoo model on a dataset; switch to it only if that works (else show why, keep the old one)."""
+    bar, update = _training_progress()
+    try:
+        _shared_baseline(model, dataset, data_dir or None, _progress=update)
+    except PetError as exc:
+        st.error(f"Could not load {model} on {dataset}: {exc}")
+        return False
+    finally:
+        bar.empty()
+    ss.pop("user_baseline", None)
+    set_source(model, dataset, data_dir)
+    return True
+
+
+@st.cache_resource(show_spinner=False)
+def _baseline_store() -> tuple[dict, threading.Lock]:
+    """Baselines shared by all sessions, read-only by contract, with the lock that fills it."""
+    return {}, threading.Lock()
+
+
+MAX_SHARED_BASELINES = 8
+
+
 def _shared_baseline(model: str, dataset: str, data_dir: str | None, _progress=None) -> Baseline:
-    """One baseline per (model, dataset) for all sessions: read-only by contract."""
-    return load_baseline(model, dataset, data_dir, progress=_progress)
+    """One baseline per (model, dataset) for all sessions; trains (once) on first use.
+
+    Not ``st.cache_resource`` itself: the progress bar drawn while training must not be replayed.
+    """
+    store, lock = _baseline_store()
+    key = (model, dataset, data_dir)
+    with lock:
+        if key not in store:
+            store[key] = load_baseline(model, dataset, data_dir, progress=_progress)
+            while len(store) > MAX_SHARED_BASELINES:
+                store.pop(next(iter(store)))
+        return store[key]
 
 
 def _training_progress():

@@ -1,0 +1,193 @@
+"""The app as a person drives it (AppTest): every page, the Compress widgets, errors, isolation.
+
+The oracle for every number on a page is the engine itself, called independently with the same
+recipe: a page adds no numbers of its own.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from pet_core.loader import load_baseline
+from pet_core.pretrained import pretrained
+from pet_core.recipe import Recipe, to_token
+from pet_core.workbench import Workbench
+from pet_core.zoo import adapt_dataset
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/model.py", "pages/weights.py", "pages/compress.py", "pages/pareto.py", "pages/export.py"]
+
+
+def new_app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def engine_numbers(recipe: Recipe) -> tuple[str, str]:
+    """Accuracy and size strings, as the Compress page formats them, computed by the engine alone."""
+    base = load_baseline(recipe.model, recipe.dataset)
+    wb = Workbench(base.model, base.dataset.x_test, base.dataset.y_test)
+    wb.apply(recipe)
+    c = wb.report()["compressed"]
+    return f"{c['accuracy']:.2%}", f"{c['size_bytes']:,} B"
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def app() -> AppTest:
+    return new_app()
+
+
+def test_every_page_renders_without_exception(app):
+    assert_clean(app)
+    assert "Accuracy" in metrics(app)
+    for page in PAGES:
+        app.switch_page(page).run()
+        assert_clean(app)
+        assert not app.error, [e.value for e in app.error]
+
+
+@pytest.mark.parametrize("controls", [
+    {"c_sparsity": 0.9},
+    {"c_prune_method": "l1_channel", "c_sparsity": 0.3},
+    {"c_coding": "share", "c_clusters": 4},
+    {"c_coding": "quantize", "c_bits": 3, "c_scheme": "asymmetric", "c_granularity": "per_tensor"},
+    {"c_prune_method": "off", "c_low_rank": "rank", "c_rank": 8},
+])
+def test_compress_numbers_equal_the_engine(app, controls):
+    app.switch_page("pages/compress.py").run()
+    for key, value in controls.items():   # set in order: later widgets appear once earlier ones are set
+        widget = app.get("slider") + app.get("select_slider") + app.get("selectbox") + app.get("radio") + \
+            app.get("number_input")
+        matches = [w for w in widget if w.key == key]
+        assert matches, f"no widget {key} on the page"
+        matches[0].set_value(value)
+        app.run()
+    assert_clean(app)
+    recipe = app.session_state["recipe"]
+    for key, value in controls.items():
+        assert app.session_state[key] == value
+    accuracy, size = engine_numbers(recipe)
+    shown = metrics(app)
+    assert shown["Accuracy"] == accuracy
+    assert shown["Size"] == size
+
+
+def test_slider_changes_accuracy_and_bytes(app):
+    app.switch_page("pages/compress.py").run()
+    app.selectbox(key="c_prune_method").set_value("magnitude").run()
+    app.radio(key="c_coding").set_value("quantize").run()
+    app.slider(key="c_sparsity").set_value(0.5).run()
+    before = metrics(app)
+    app.slider(key="c_sparsity").set_value(0.95).run()
+    after = metrics(app)
+    assert before["Size"] != after["Size"] and before["Weight sparsity"] != after["Weight sparsity"]
+    assert app.session_state["recipe"].default["prune"]["sparsity"] == 0.95
+
+
+def test_runs_join_the_pareto_list_and_settings_persist_across_pages(app):
+    app.switch_page("pages/compress.py").run()
+    app.slider(key="c_sparsity").set_value(0.6).run()
+    app.switch_page("pages/pareto.py").run()
+    assert_clean(app)
+    runs = next(iter(app.session_state["runs"].values()))
+    assert runs[0]["series"] == "baseline"
+    assert any(r["recipe"] and r["recipe"]["default"].get("prune", {}).get("sparsity") == 0.6 for r in runs)
+    app.switch_page("pages/weights.py").run()
+    app.switch_page("pages/compress.py").run()
+    assert app.slider(key="c_sparsity").value == 0.6
+
+
+def test_sweep_runs_in_the_background_and_adds_points():
+    at = new_app()
+    at.switch_page("pages/pareto.py").run()
+    at.multiselect[0].set_value([0.5, 0.9])
+    at.multiselect[1].set_value([4, 8])
+    at.button[0].click().run()   # "Run sweep"
+    job = at.session_state["sweep"].job
+    job.thread.join(timeout=120)
+    assert job.done and job.error is None and len(job.points) == 4
+    at.run()
+    assert_clean(at)
+    runs = next(iter(at.session_state["runs"].values()))
+    assert sum(r["series"] == "sweep" for r in runs) == 4
+
+
+def test_shared_link_opens_the_recipe():
+    recipe = Recipe(default={"prune": {"method": "magnitude", "scope": "layer", "sparsity": 0.8}},
+                    layers={"fc3": {"prune": None}})
+    at = new_app(recipe=to_token(recipe))
+    assert_clean(at)
+    assert at.session_state["recipe"].to_dict() == recipe.to_dict()
+    at.switch_page("pages/compress.py").run()
+    assert app_slider_value(at) == 0.8
+    assert metrics(at)["Accuracy"] == engine_numbers(recipe)[0]
+
+
+def app_slider_value(at: AppTest) -> float:
+    return at.slider(key="c_sparsity").value
+
+
+@pytest.mark.parametrize("token, message", [
+    ("not-a-token!!", "damaged"),
+    (to_token(Recipe(layers={"fc9": {"prune": None}})), "fc9"),
+])
+def test_bad_link_shows_an_error_and_the_app_keeps_working(token, message):
+    at = new_app(recipe=token)
+    assert_clean(at)
+    assert any(message in e.value for e in at.error)
+    assert "Accuracy" in metrics(at)   # the default recipe still runs
+
+
+def test_missing_mnist_folder_is_an_error_and_keeps_the_settings(tmp_path):
+    at = new_app()
+    at.switch_page("pages/model.py").run()
+    before = at.session_state["recipe"].to_dict()
+    at.selectbox(key="m_dataset").set_value("mnist")
+    at.text_input(key="m_data_dir").set_value(str(tmp_path / "nope"))
+    at.button[0].click().run()   # the form's "Load"
+    assert_clean(at)
+    assert any("MNIST" in e.value or "nope" in e.value for e in at.error)
+    assert at.session_state["source"]["dataset"] == "digits"
+    assert at.session_state["recipe"].to_dict() == before
+
+
+def test_two_sessions_are_isolated_and_the_shared_baseline_is_not_mutated():
+    a, b = new_app(), new_app()
+    a.switch_page("pages/compress.py").run()
+    b.switch_page("pages/compress.py").run()
+    a.slider(key="c_sparsity").set_value(0.95).run()
+    b.slider(key="c_sparsity").set_value(0.1).run()
+    a.run()
+    assert a.session_state["workbench"] is not b.session_state["workbench"]
+    assert metrics(a)["Size"] != metrics(b)["Size"]
+    assert metrics(a)["Accuracy"] == engine_numbers(a.session_state["recipe"])[0]
+    assert metrics(b)["Accuracy"] == engine_numbers(b.session_state["recipe"])[0]
+    shared = a.session_state["workbench"].baseline
+    assert shared is b.session_state["workbench"].baseline
+    base = load_baseline("lenet_300_100", "digits")
+    fresh, _ = pretrained("lenet_300_100", adapt_dataset(base.dataset, "lenet_300_100"))
+    for (k, v), (_, w) in zip(shared.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(v, w), f"shared baseline mutated at {k}"
+
+
+def test_export_page_offers_every_download():
+    at = new_app()
+    at.switch_page("pages/export.py").run()
+    assert_clean(at)
+    labels = " ".join(str(b.proto.label) for b in at.get("download_button"))
+    for what in ("YAML", "JSON", "safetensors", "HTML"):
+        assert what in labels
+    assert any("python -m pet_core evaluate" in c.value for c in at.code)
