@@ -14,6 +14,7 @@ from pet_core.analysis import analysis_report
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.recipe import Recipe, load as load_recipe
+from pet_core.steps import describe_steps
 from pet_core.zoo import list_models
 
 
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pet_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("models", help="list the zoo")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("steps", help="every recipe field: default, allowed values, help")
     p.add_argument("--json", action="store_true")
     _common(sub.add_parser("analyze", help="per-layer weight statistics"))
     _common(sub.add_parser("evaluate", help="apply a recipe; accuracy and honest size"))
@@ -60,6 +63,8 @@ def _context(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "models":
         return {"models": [dict(name=m.name, description=m.description, min_hw=m.min_hw) for m in list_models()]}
+    if args.command == "steps":
+        return {"fields": describe_steps()}
     recipe, baseline = _context(args)
     wb = open_workbench(baseline)
     wb.apply(recipe)
@@ -73,6 +78,12 @@ def _print_text(command: str, out: dict[str, Any]) -> None:
     if command == "models":
         for m in out["models"]:
             print(f"{m['name']:16s} {m['description']}")
+        return
+    if command == "steps":
+        print("| step | field | default | allowed | help |\n|---|---|---|---|---|")
+        for f in out["fields"]:
+            cells = [str(f[k]).replace("|", "\\|") for k in ("step", "field", "default", "allowed", "help")]
+            print("| " + " | ".join(cells) + " |")
         return
     if command == "analyze":
         print(f"{'layer':24s} {'type':8s} {'params':>9s} {'sparsity':>8s} {'std':>9s} {'absmax':>9s} {'kurt':>7s}")
