@@ -28,10 +28,11 @@ from typing import Any
 import yaml
 
 from pet_core.errors import PetError
+from pet_core.finetune.config import validate_finetune
 from pet_core.steps import STEPS, validate_step
 
 RECIPE_VERSION = 1
-TOP_KEYS = ("pet_recipe", "model", "dataset", "default", "layers")
+TOP_KEYS = ("pet_recipe", "model", "dataset", "default", "layers", "finetune")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Recipe:
     dataset: str = "digits"
     default: dict[str, dict[str, Any]] = field(default_factory=dict)
     layers: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)   # empty: post-training compression only
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, ready for JSON or YAML."""
@@ -49,6 +51,8 @@ class Recipe:
         out["default"] = copy.deepcopy(self.default)
         if self.layers:
             out["layers"] = copy.deepcopy(self.layers)
+        if self.finetune:
+            out["finetune"] = copy.deepcopy(self.finetune)
         return out
 
     def replace(self, **changes: Any) -> "Recipe":
@@ -81,7 +85,8 @@ class Recipe:
             if not isinstance(pattern, str) or not pattern:
                 raise PetError(f"recipe: layers key {pattern!r} must be a layer name or glob")
             layers[pattern] = _steps(steps or {}, f"layers.{pattern}", allow_null=True)
-        return cls(model=model, dataset=dataset, default=default, layers=layers)
+        finetune = validate_finetune(data["finetune"]) if data.get("finetune") is not None else {}
+        return cls(model=model, dataset=dataset, default=default, layers=layers, finetune=finetune)
 
 
 def _text(value: Any, key: str) -> str:
