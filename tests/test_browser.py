@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -94,9 +93,14 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pet_browser_cache")
+
+
+@pytest.fixture(scope="module")
+def server(cache_dir):
     _skip_without_browser()
-    proc, url, log_path = start_server(tmp_path_factory.mktemp("pet_browser_cache"))
+    proc, url, log_path = start_server(cache_dir)
     yield url
     stop_server(proc)
 
@@ -356,3 +360,45 @@ def test_two_sessions_are_isolated(server, browser):
     assert_no_exception(first, "first session")
     first.close()
     second.close()
+
+
+def sidebar_text(page) -> str:
+    return " ".join(page.locator('[data-testid="stSidebar"]').inner_text().split())
+
+
+@pytest.mark.xfail(strict=False, reason="known app bug: app.py renders the sidebar summary before the page "
+                   "stores the new recipe, so on Compress it shows the previous run's recipe")
+def test_sidebar_summary_follows_the_slider(server, browser):
+    page = browser.new_page()
+    open_page(page, server, "compress", FIRST_LOAD_MS)
+    assert "magnitude 70%" in sidebar_text(page)
+    before = metric(page, "Size")
+    sparsity_slider(page).focus()
+    page.keyboard.press("ArrowRight")
+    wait_metric_change(page, "Size", before)
+    wait_idle(page)
+    assert slider_value(sparsity_slider(page)) == pytest.approx(0.71)
+    text = sidebar_text(page)
+    page.close()
+    assert "magnitude 71%" in text, text
+
+
+@pytest.mark.xfail(strict=False, reason="known app bug: on a fresh server a deep link (/compress?recipe=...) "
+                   "runs pages/compress.py alone until some session has run app.py: file-name navigation "
+                   "(app, compress, ...), no sidebar summary, no wide layout (metrics truncated)")
+def test_deep_link_on_a_fresh_server(cache_dir, server, browser):
+    # `server` first: the model is then already in cache_dir, this server only has to start.
+    proc, url, _ = start_server(cache_dir)
+    try:
+        page = browser.new_page()
+        page.goto(url + "/compress")
+        page.get_by_role("heading", name=re.compile("Compress")).first.wait_for(timeout=FIRST_LOAD_MS)
+        wait_idle(page, FIRST_LOAD_MS)
+        assert_no_exception(page, "deep link")
+        text = sidebar_text(page)
+        if "Home" not in text:
+            screenshot(page, "compress_deep_link_fresh_server")
+        page.close()
+    finally:
+        stop_server(proc)
+    assert "Home" in text and "lenet_300_100 on digits" in text, text
