@@ -49,8 +49,12 @@ class LayerStats:
 
 
 def histogram(w: torch.Tensor, bins: int = 60, lo: float | None = None, hi: float | None = None,
-              max_samples: int = HIST_MAX_SAMPLES) -> tuple[list[int], list[float], bool]:
-    """Histogram of a tensor: (counts, edges, sampled). Same bins as ``numpy.histogram`` on the values."""
+              max_samples: int | None = None) -> tuple[list[int], list[float], bool]:
+    """Histogram of a tensor: (counts, edges, sampled). Same bins as ``numpy.histogram`` on the values.
+
+    ``max_samples`` defaults to the module's ``HIST_MAX_SAMPLES``, read at call time.
+    """
+    max_samples = HIST_MAX_SAMPLES if max_samples is None else max_samples
     flat = w.detach().flatten().float()
     sampled = flat.numel() > max_samples
     if sampled:

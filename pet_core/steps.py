@@ -92,14 +92,15 @@ def _check_value(name: str, value: Any, meta: dict, where: str) -> Any:
         if value not in choices:
             raise PetError(f"recipe: {where}.{name} = {value!r} is not allowed (allowed: {', '.join(choices)})")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (kind is int and (not math.isfinite(value) or value != int(value)))):
         raise PetError(f"recipe: {where}.{name} = {value!r} must be {'an integer' if kind is int else 'a number'}")
     value = kind(value)
     if choices is not None and value not in choices:
         allowed = "1-8 or 16" if choices == QUANT_BITS else ", ".join(map(str, choices))
         raise PetError(f"recipe: {where}.{name} = {value!r} is out of range (allowed: {allowed})")
     lo, hi = meta["lo"], meta["hi"]
-    if lo is not None and (value < lo or (meta["lo_open"] and value == lo) or value > hi):
+    if lo is not None and (math.isnan(value) or value < lo or (meta["lo_open"] and value == lo) or value > hi):
         lo_b = "(" if meta["lo_open"] else "["
         hi_s = "inf)" if hi == math.inf else f"{hi:g}]"
         raise PetError(f"recipe: {where}.{name} = {value!r} is out of range (allowed: {lo_b}{lo:g}, {hi_s})")
