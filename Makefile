@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 run: setup
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m studio.serve --server.port $(PORT)
 
 test: setup-dev
 	$(PY) -m pytest -q

@@ -41,9 +41,11 @@ nav = st.navigation([
     st.Page("pages/model.py", title="Model", icon="🧠"),
     st.Page("pages/weights.py", title="Weights", icon="📊"),
     st.Page("pages/compress.py", title="Compress", icon="🎚️"),
+    st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
     st.Page("pages/pareto.py", title="Pareto", icon="📈"),
     st.Page("pages/export.py", title="Export", icon="📦"),
 ])
 state.init()
-sidebar.render()
+summary = st.sidebar.container()   # filled after the page ran, so it shows the page's latest recipe
 nav.run()
+sidebar.render(summary)

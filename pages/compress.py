@@ -6,7 +6,7 @@ import yaml
 
 from pet_core.errors import PetError
 from pet_core.layers import module_type
-from pet_core.recipe import Recipe, to_token
+from pet_core.recipe import to_token
 from pet_core.steps import resolve
 from studio import state
 from studio.controls import (BITS_CHOICES, CODINGS, LOW_RANK_MODES, PRUNE_METHODS, TABLE_BITS,
@@ -74,8 +74,8 @@ with st.expander("Per-layer overrides (empty cell = use the global setting)", ex
 src = ss["source"]
 layers = {**extra, **layers_from_rows(edited.to_dict("records"))}
 try:
-    candidate = Recipe(model=src["model"], dataset=src["dataset"], default=default_from_controls(ss),
-                       layers=layers).replace()   # replace() validates the fields
+    candidate = state.recipe().replace(model=src["model"], dataset=src["dataset"],   # replace() validates
+                                       default=default_from_controls(ss), layers=layers)
     resolve(candidate.default, candidate.layers, wb.names)   # and this the layer names
     ss["recipe"] = candidate
 except PetError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from pet_core.analysis import analysis_report
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _common(sub.add_parser("analyze", help="per-layer weight statistics"))
     _common(sub.add_parser("evaluate", help="apply a recipe; accuracy and honest size"))
+    p = sub.add_parser("finetune", help="apply a recipe, then fine-tune as its finetune section says")
+    _common(p)
+    p.add_argument("--out", help="folder for the checkpoint, the fine-tuned weights, recipe and report")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     return parser
 
 
@@ -71,7 +76,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     head = {"model": recipe.model, "dataset": recipe.dataset, "dataset_note": baseline.dataset.note}
     if args.command == "analyze":
         return {**head, **analysis_report(wb.model)}
+    if args.command == "finetune":
+        return {**head, **_finetune(args, recipe, baseline, wb)}
     return {**head, **wb.report()}
+
+
+def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[str, Any]:
+    from pet_core.finetune import finetune
+    from pet_core.model_io import save_state_dict
+    from pet_core.recipe import save as save_recipe
+
+    if not recipe.finetune:
+        raise PetError("recipe has no finetune section (add e.g. finetune: {epochs: 2, techniques: {qat: {}}})")
+    if args.resume and not args.out:
+        raise PetError("--resume needs --out, the folder holding the checkpoint")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def progress(event: dict) -> None:
+        if not args.json or event.get("step") == event.get("steps"):
+            acc = event.get("val_accuracy")
+            print(f"{event.get('phase', 'train')}: step {event['step']}/{event['steps']} loss {event['loss']:.4f}"
+                  + (f" val {acc:.4f}" if acc is not None else ""), file=sys.stderr)
+
+    result = finetune(wb, recipe, baseline.dataset, progress=progress, checkpoint_dir=out, resume=args.resume)
+    report = result.report
+    if out is not None:
+        save_state_dict(result.model, out / "model.safetensors")
+        save_recipe(recipe, out / "recipe.yaml")
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def _print_text(command: str, out: dict[str, Any]) -> None:
@@ -92,6 +127,10 @@ def _print_text(command: str, out: dict[str, Any]) -> None:
                   f"{s['abs_max']:9.4f} {s['kurtosis']:7.2f}")
         return
     b, c = out["baseline"], out["compressed"]
+    if "finetune" in out:
+        f = out["finetune"]
+        print(f"fine-tuned on {f.get('device')}: {f.get('steps')} steps in {f.get('seconds', 0):.1f} s"
+              + (" (stopped early)" if f.get("stopped") else ""))
     print(f"{'layer':24s} {'params':>9s} {'nonzero':>9s} {'bits':>4s} {'bytes':>10s}  encoding")
     for r in out["layers"]:
         print(f"{r['name']:24s} {r['params']:9d} {r['nonzero']:9d} {r['bits']:4d} {r['size_bytes']:10d}  {r['encoding']}")

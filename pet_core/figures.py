@@ -123,3 +123,22 @@ def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None) -> go
                       yaxis=dict(title="accuracy", tickformat=".1%"), height=460, clickmode="event+select",
                       margin=dict(t=50, b=40, l=60, r=20))
     return fig
+
+
+def training_curves(history: list[dict[str, Any]]) -> go.Figure:
+    """Loss and train/validation accuracy against optimiser steps, from a fine-tuning history."""
+    from plotly.subplots import make_subplots
+
+    steps = [h["step"] for h in history]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    fig.add_scatter(x=steps, y=[h.get("loss") for h in history], name="loss", mode="lines", row=1, col=1)
+    fig.add_scatter(x=steps, y=[h.get("train_accuracy") for h in history], name="train", mode="lines",
+                    row=1, col=2)
+    val = [(h["step"], h["val_accuracy"]) for h in history if h.get("val_accuracy") is not None]
+    if val:
+        fig.add_scatter(x=[v[0] for v in val], y=[v[1] for v in val], name="validation", mode="lines+markers",
+                        row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=340, margin=dict(t=40, b=40, l=50, r=20), legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -15,7 +15,8 @@ NOTE = ("Accuracy is measured on the decoded weights. Sizes are accounted: the b
 
 def cli_command(recipe: Recipe, recipe_path: str = "recipe.yaml", data_dir: str | None = None) -> str:
     """The command that reproduces a report's numbers headless."""
-    cmd = f"python -m pet_core evaluate --model {recipe.model} --dataset {recipe.dataset}"
+    verb = "finetune" if recipe.finetune else "evaluate"
+    cmd = f"python -m pet_core {verb} --model {recipe.model} --dataset {recipe.dataset}"
     if data_dir:
         cmd += f" --data-dir {data_dir}"
     return cmd + f" --recipe {recipe_path} --json"

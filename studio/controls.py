@@ -141,3 +141,38 @@ def layers_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if steps:
             layers[r["layer"]] = steps
     return layers
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------
+
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "f_epochs": 2.0, "f_lr": 1e-3, "f_batch_size": 128, "f_optimizer": "adam", "f_schedule": "cosine",
+    "f_qat": True, "f_distill": False, "f_temperature": 4.0, "f_alpha": 0.7,
+    "f_l1": False, "f_l1_strength": 1e-5,
+    "f_gradual": False, "f_initial_sparsity": 0.0, "f_start_epoch": 0.0, "f_end_epoch": 1.0, "f_frequency": 50,
+    "f_lottery": False, "f_rounds": 3, "f_rewind": "early",
+    "f_lora": False, "f_lora_rank": 4, "f_lora_alpha": 8.0, "f_lora_layers": "*",
+}
+
+
+def finetune_from_controls(c: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``finetune`` section from the Fine-tune page's widgets."""
+    techniques: dict[str, Any] = {}
+    if c["f_qat"]:
+        techniques["qat"] = {}
+    if c["f_distill"]:
+        techniques["distill"] = {"temperature": float(c["f_temperature"]), "alpha": float(c["f_alpha"])}
+    if c["f_l1"]:
+        techniques["l1"] = {"strength": float(c["f_l1_strength"])}
+    if c["f_gradual"]:
+        techniques["gradual"] = {"initial_sparsity": float(c["f_initial_sparsity"]),
+                                 "start_epoch": float(c["f_start_epoch"]), "end_epoch": float(c["f_end_epoch"]),
+                                 "frequency": int(c["f_frequency"])}
+    if c["f_lottery"]:
+        techniques["lottery"] = {"rounds": int(c["f_rounds"]), "rewind": c["f_rewind"]}
+    if c["f_lora"]:
+        techniques["lora"] = {"rank": int(c["f_lora_rank"]), "alpha": float(c["f_lora_alpha"]),
+                              "layers": c["f_lora_layers"]}
+    return {"epochs": float(c["f_epochs"]), "optimizer": c["f_optimizer"], "lr": float(c["f_lr"]),
+            "schedule": c["f_schedule"], "batch_size": int(c["f_batch_size"]), "seed": 0,
+            "techniques": techniques}

@@ -58,6 +58,6 @@ class SweepJob:
 class JobHandle:
     """Held in session state; when the session ends and it is collected, the job is stopped."""
 
-    def __init__(self, job: SweepJob) -> None:
+    def __init__(self, job: "SweepJob | Any") -> None:   # anything with a stop_flag Event
         self.job = job
         weakref.finalize(self, job.stop_flag.set)

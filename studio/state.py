@@ -22,7 +22,7 @@ from pet_core.recipe import Recipe, from_token, to_token
 from pet_core.size import model_bytes
 from pet_core.steps import resolve
 from pet_core.workbench import Workbench
-from studio.controls import CONTROL_DEFAULTS, controls_from_default, split_layers
+from studio.controls import CONTROL_DEFAULTS, FINETUNE_DEFAULTS, controls_from_default, split_layers
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -43,7 +43,7 @@ def init() -> None:
     if "recipe" not in ss:
         set_recipe(START_RECIPE)
     ss.setdefault("runs", {})
-    for key, value in CONTROL_DEFAULTS.items():
+    for key, value in {**CONTROL_DEFAULTS, **FINETUNE_DEFAULTS}.items():
         # Re-assigning keeps a widget's value when its page is not shown (Streamlit drops it otherwise).
         ss[key] = ss[key] if key in ss else value
     if not ss.get("_link_read"):
@@ -174,7 +174,8 @@ def evaluate(series: str = "post-training") -> dict[str, Any] | None:
     wb = workbench()
     if wb is None:
         return None
-    r = recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"])
+    # Post-training numbers: the finetune section does not change them.
+    r = recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"], finetune={})
     key = recipe_key(r.to_dict())
     cached = ss.get("report")
     if cached is not None and cached[0] == key and cached[1] is wb:
