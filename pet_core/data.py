@@ -1,0 +1,260 @@
+"""Datasets: sklearn digits (offline default), MNIST from IDX files, and user .npz files.
+
+Every loader returns a :class:`Dataset` with NCHW float32 images standardised with the
+training-set mean/std, int64 labels and a short fingerprint used as a cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pet_core.errors import PetError
+
+MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+
+
+@dataclass
+class Dataset:
+    """Train/test tensors of an image classification task, ready for a model."""
+
+    name: str  # "digits", "mnist", or the npz file stem
+    x_train: torch.Tensor  # (N, C, H, W) float32, standardised with the train mean/std
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor  # (M, C, H, W) float32
+    y_test: torch.Tensor  # (M,) int64
+    num_classes: int
+    fingerprint: str  # short stable hash of the data, used as a cache key
+    note: str = ""  # e.g. "resized 8x8 -> 28x28 (bilinear) for lenet5"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
+        _, c, h, w = self.x_train.shape
+        return (int(c), int(h), int(w))
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Load "digits", "mnist" (IDX files in ``data_dir`` / $PET_MNIST_DIR) or a ``.npz`` path."""
+    key = str(name).strip()
+    if key.lower() == "digits":
+        return _load_digits()
+    if key.lower() == "mnist":
+        folder = data_dir or os.environ.get("PET_MNIST_DIR")
+        if not folder:
+            raise PetError("MNIST: no data folder given; pass --data-dir or set PET_MNIST_DIR")
+        return _load_mnist(str(Path(folder).expanduser().resolve()))
+    if key.lower().endswith(".npz"):
+        return _load_npz(Path(key).expanduser())
+    raise PetError(f"unknown dataset {name!r}; use 'digits', 'mnist' or a path to a .npz file")
+
+
+def fit_input(x: torch.Tensor, min_hw: int) -> torch.Tensor:
+    """Bilinear-resize (N,C,H,W) to min_hw x min_hw when H or W is smaller; else return x."""
+    _, _, h, w = x.shape
+    if h >= min_hw and w >= min_hw:
+        return x
+    # align_corners=False is the usual image-resize convention (matches PIL's bilinear grid)
+    return F.interpolate(x, size=(min_hw, min_hw), mode="bilinear", align_corners=False)  # (N,C,min_hw,min_hw)
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """Short stable hash over array shapes, dtypes and bytes."""
+    h = hashlib.blake2b(digest_size=6)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype.str}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _make_dataset(
+    name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, fingerprint: str
+) -> Dataset:
+    """Standardise with train statistics (scalar mean/std) and wrap as tensors."""
+    x_tr = x_tr.astype(np.float32)  # (N, C, H, W)
+    x_te = x_te.astype(np.float32)  # (M, C, H, W)
+    mean = float(x_tr.mean())
+    std = float(x_tr.std()) or 1.0  # a constant image set would divide by zero
+    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy((x_tr - mean) / std),
+        y_train=torch.from_numpy(y_tr.astype(np.int64)),
+        x_test=torch.from_numpy((x_te - mean) / std),
+        y_test=torch.from_numpy(y_te.astype(np.int64)),
+        num_classes=num_classes,
+        fingerprint=fingerprint,
+    )
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray):
+    """Fixed 75/25 stratified split (random_state=0); falls back to unstratified for tiny classes."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    except ValueError:
+        # a class with a single sample cannot be stratified; still give a deterministic split
+        return train_test_split(x, y, test_size=0.25, random_state=0)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> Dataset:
+    """sklearn's 1797 8x8 digits, pixel values 0..16 scaled to 0..1."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8)
+    y = d.target.astype(np.int64)  # (1797,)
+    x_tr, x_te, y_tr, y_te = _stratified_split(x, y)
+    return _make_dataset("digits", x_tr, y_tr, x_te, y_te, _fingerprint(x_tr, y_tr, x_te, y_te))
+
+
+# ---------------------------------------------------------------- MNIST (IDX files)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    """The raw or .gz file for ``stem`` in ``folder``."""
+    for cand in (folder / stem, folder / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    raise PetError(f"MNIST: {stem}(.gz) not found in {folder}")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an IDX file (big-endian header) into uint8 (n,rows,cols) images or (n,) labels."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise PetError(f"MNIST: {path.name} is not a readable (gzip) file: {e}") from None
+    ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
+    header_len = 4 * (1 + ndim)
+    if len(raw) < header_len:
+        raise PetError(f"MNIST: {path.name} is truncated ({len(raw)} bytes, header needs {header_len})")
+    header = np.frombuffer(raw, dtype=">u4", count=1 + ndim)
+    if int(header[0]) != magic:
+        raise PetError(f"MNIST: {path.name} has bad magic number {int(header[0])} (expected {magic})")
+    dims = tuple(int(d) for d in header[1:])
+    need = int(np.prod(dims))
+    have = len(raw) - header_len
+    if have < need:
+        raise PetError(f"MNIST: {path.name} is truncated (header says {need} payload bytes, found {have})")
+    return np.frombuffer(raw, dtype=np.uint8, count=need, offset=header_len).reshape(dims)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist(folder_str: str) -> Dataset:
+    """Parse the four MNIST IDX files in ``folder_str`` (cached per resolved path)."""
+    folder = Path(folder_str)
+    if not folder.is_dir():
+        raise PetError(f"MNIST: data folder {folder} does not exist; pass --data-dir or set PET_MNIST_DIR")
+    arrays = {}
+    for key, stem in MNIST_FILES.items():
+        magic = IDX_IMAGES_MAGIC if key.startswith("x") else IDX_LABELS_MAGIC
+        arrays[key] = _read_idx(_find_idx(folder, stem), magic)
+    for split in ("train", "test"):
+        nx, ny = len(arrays[f"x_{split}"]), len(arrays[f"y_{split}"])
+        if nx != ny:
+            raise PetError(f"MNIST: {split} split has {nx} images but {ny} labels in {folder}")
+    fp = _fingerprint(*arrays.values())
+    x_tr = (arrays["x_train"].astype(np.float32) / 255.0)[:, None]  # (60000, 1, 28, 28)
+    x_te = (arrays["x_test"].astype(np.float32) / 255.0)[:, None]  # (10000, 1, 28, 28)
+    return _make_dataset("mnist", x_tr, arrays["y_train"], x_te, arrays["y_test"], fp)
+
+
+# ---------------------------------------------------------------- user .npz files
+
+
+def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Bring (N,H,W), (N,C,H,W) or flat (N,D) arrays to (N,C,H,W)."""
+    if x.ndim == 4:
+        return x
+    if x.ndim == 3:
+        return x[:, None]  # (N, 1, H, W)
+    if x.ndim == 2:
+        n, d = x.shape
+        s = int(round(d**0.5))
+        # a perfect-square feature count is most likely a flattened square image
+        return x.reshape(n, 1, s, s) if s * s == d else x.reshape(n, 1, 1, d)
+    raise PetError(f"{path.name}: array {key!r} has shape {x.shape}; expected (N,D), (N,H,W) or (N,C,H,W)")
+
+
+def _check_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Labels must be a 1-D array of non-negative integers."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # column vectors of labels are common in exported data
+    if y.ndim != 1:
+        raise PetError(f"{path.name}: labels {key!r} have shape {y.shape}; expected (N,)")
+    if y.dtype.kind not in "iub":
+        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)  # whole-number floats are labels saved with the wrong dtype
+        else:
+            raise PetError(f"{path.name}: labels {key!r} must be integers 0..K-1, found dtype {y.dtype}")
+    if y.size and int(y.min()) < 0:
+        raise PetError(f"{path.name}: labels {key!r} must be integers 0..K-1, found negative value {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _load_npz(path: Path) -> Dataset:
+    """A user .npz with ``x``/``y`` (and optionally ``x_test``/``y_test``)."""
+    if not path.is_file():
+        raise PetError(f"dataset file {path} not found")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise PetError(f"dataset file {path.name} is a single .npy array, not an .npz archive with 'x' and 'y'")
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise PetError(f"dataset file {path.name} is not a valid .npz archive ({type(e).__name__})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise PetError(f"{path.name}: missing array {key!r}; found keys {sorted(arrays)}")
+    x, y = _to_nchw(arrays["x"], path, "x"), _check_labels(arrays["y"], path, "y")
+    if len(x) != len(y):
+        raise PetError(f"{path.name}: x has {len(x)} samples but y has {len(y)} labels")
+    if x.dtype.kind not in "iufb":
+        raise PetError(f"{path.name}: array 'x' must be numeric, found dtype {x.dtype}")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise PetError(f"{path.name}: give both 'x_test' and 'y_test' or neither; found keys {sorted(arrays)}")
+    if "x_test" in arrays:
+        x_te, y_te = _to_nchw(arrays["x_test"], path, "x_test"), _check_labels(arrays["y_test"], path, "y_test")
+        if len(x_te) != len(y_te):
+            raise PetError(f"{path.name}: x_test has {len(x_te)} samples but y_test has {len(y_te)} labels")
+        if x_te.shape[1:] != x.shape[1:]:
+            raise PetError(f"{path.name}: x_test samples have shape {x_te.shape[1:]} but x has {x.shape[1:]}")
+        x_tr, y_tr = x, y
+    else:
+        if len(x) < 4:
+            raise PetError(f"{path.name}: only {len(x)} samples; need at least 4 to split train/test")
+        x_tr, x_te, y_tr, y_te = _stratified_split(x, y)
+    fp = _fingerprint(x_tr, y_tr, x_te, y_te)
+    return _make_dataset(path.stem, x_tr, y_tr, x_te, y_te, fp)
+
+
+def with_note(ds: Dataset, x_train: torch.Tensor, x_test: torch.Tensor, note: str) -> Dataset:
+    """A copy of ``ds`` with new inputs, a note, and a fingerprint that reflects the change."""
+    fp = hashlib.blake2b(f"{ds.fingerprint}|{note}".encode(), digest_size=6).hexdigest()
+    return replace(ds, x_train=x_train, x_test=x_test, note=note, fingerprint=fp)

@@ -1,0 +1,235 @@
+"""Load user model files (TorchScript, state_dict, safetensors, opt-in pickle) and save state_dicts.
+
+Every problem with the file becomes a one-line :class:`PetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pet_core.errors import PetError
+from pet_core.zoo import build_model, list_models, model_info
+
+_PICKLE_REFUSED = "holds a pickled module; loading it runs code — opt in with --allow-pickle / the checkbox"
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Save ``model``'s weights: safetensors for a ``.safetensors`` path, else ``torch.save``."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        # safetensors refuses tensors that share storage, so give each its own copy
+        save_file({k: v.clone() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+
+
+def load_model_file(
+    path: str | Path,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    arch: str | None = None,
+    allow_pickle: bool = False,
+) -> tuple[nn.Module, dict]:
+    """Load a model file for (C,H,W) inputs and ``num_classes`` outputs; returns (model, info).
+
+    info is {"kind": "torchscript"|"state_dict"|"safetensors"|"pickle", "arch": str|None, "path": str}.
+    State dicts are matched to a zoo architecture (``arch`` or inferred from keys and shapes).
+    """
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise PetError(f"model file {path} not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise PetError(f"model file {name} is empty")
+    with path.open("rb") as f:
+        head = f.read(1024)
+
+    if head[:4] == b"PK\x03\x04":
+        model, kind = _load_zip(path, allow_pickle)
+    elif _looks_like_safetensors(head, size) or path.suffix == ".safetensors":
+        model, kind = _load_safetensors(path), "safetensors"
+    elif head[:1] == b"\x80":  # pickle protocol opcode: legacy (non-zip) torch.save
+        model, kind = _torch_load(path, allow_pickle), "state_dict"
+    elif _is_text(head):
+        raise PetError(f"model file {name} is a text file, not a PyTorch/safetensors model")
+    else:
+        raise PetError(f"model file {name} is not a recognised model format (unknown bytes {head[:4].hex()})")
+
+    if isinstance(model, nn.Module):  # includes TorchScript modules
+        if kind == "state_dict":
+            kind = "pickle"  # a whole module came back from an opted-in torch.load
+        _check_forward(model, input_shape, num_classes, name)
+        return model.eval().cpu(), {"kind": kind, "arch": None, "path": str(path)}
+
+    state = _unwrap_state_dict(model, name)
+    built, arch_name = _match_arch(state, input_shape, num_classes, arch, name)
+    return built.eval().cpu(), {"kind": kind, "arch": arch_name, "path": str(path)}
+
+
+# ---------------------------------------------------------------- format readers
+
+
+def _is_text(head: bytes) -> bool:
+    """True when the first bytes decode as UTF-8 without NULs (a text file, not a binary model)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start > len(head) - 4  # a multi-byte char cut at the read boundary
+    return True
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """safetensors: little-endian u64 header length, then a JSON object."""
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n <= size - 8 and head[8:9] == b"{"
+
+
+def _load_zip(path: Path, allow_pickle: bool):
+    """A zip archive: TorchScript when it has constants.pkl or code/, else a torch.save file."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError):
+        raise PetError(f"model file {path.name} is truncated or corrupt (zip archive ended early)") from None
+    if bad is not None:
+        raise PetError(f"model file {path.name} is corrupt (zip member {bad} fails its CRC check)")
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        try:
+            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+        except Exception as e:
+            raise PetError(f"model file {path.name} is a broken TorchScript archive: {_first_line(e)}") from None
+    if not any(n.endswith("data.pkl") for n in names):
+        raise PetError(f"model file {path.name} is a zip archive but not a PyTorch model (no data.pkl)")
+    return _torch_load(path, allow_pickle), "state_dict"
+
+
+def _torch_load(path: Path, allow_pickle: bool):
+    """torch.load with weights_only, falling back to full unpickling only on opt-in."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e).lower() and "weights only" not in str(e).lower():
+            raise PetError(f"model file {path.name} is truncated or corrupt ({_first_line(e)})") from None
+        if not allow_pickle:
+            raise PetError(f"model file {path.name} {_PICKLE_REFUSED}") from None
+    except Exception as e:
+        raise PetError(f"model file {path.name} is truncated or corrupt ({_first_line(e)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise PetError(f"model file {path.name} could not be unpickled: {_first_line(e)}") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        raise PetError(f"model file {path.name} is truncated or corrupt safetensors ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """First line of an exception message, shortened: PetError messages must stay one line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]
+
+
+# ---------------------------------------------------------------- state dicts and architectures
+
+
+def _unwrap_state_dict(obj, name: str) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a plain or nested ({"state_dict": ...}) checkpoint."""
+    for _ in range(3):  # checkpoints nest at most a level or two
+        if isinstance(obj, dict):
+            for key in ("state_dict", "model_state_dict", "model", "net"):
+                if isinstance(obj.get(key), (dict, nn.Module)):
+                    obj = obj[key]
+                    break
+            else:
+                break
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+    if not isinstance(obj, dict) or not obj:
+        raise PetError(f"model file {name} holds {type(obj).__name__}, not a state_dict of tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise PetError(f"model file {name} holds a dict without tensors; keys: {list(obj)[:6]}")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}  # saved from DataParallel
+    return tensors
+
+
+def _build_for(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``arch`` built for ``input_shape`` grown to its min_hw, as adapt_dataset does for data."""
+    c, h, w = input_shape
+    side = model_info(arch).min_hw
+    return build_model(arch, (c, max(h, side), max(w, side)), num_classes)
+
+
+def _first_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    """Human description of the first key/shape difference, or '' when they match."""
+    for k, v in expected.items():
+        if k not in got:
+            return f"missing key {k}"
+        if tuple(got[k].shape) != tuple(v.shape):
+            return f"{k} has shape {tuple(got[k].shape)}, expected {tuple(v.shape)}"
+    extra = [k for k in got if k not in expected]
+    return f"unexpected key {extra[0]}" if extra else ""
+
+
+def _match_arch(state, input_shape, num_classes, arch, name) -> tuple[nn.Module, str]:
+    """Build the zoo model whose keys and shapes equal ``state`` and load it."""
+    candidates = [arch] if arch else [m.name for m in list_models()]
+    best, best_score, best_reason = None, float("-inf"), ""
+    for cand in candidates:
+        model = _build_for(cand, input_shape, num_classes)
+        expected = model.state_dict()
+        reason = _first_mismatch(expected, state)
+        if not reason:
+            # dtype differences (e.g. a half-precision save) are fine: load_state_dict copies/casts
+            model.load_state_dict(state, strict=True)
+            return model, cand
+        score = sum(1 for k, v in expected.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
+        score -= sum(1 for k in state if k not in expected)
+        if score > best_score:
+            best, best_score, best_reason = cand, score, reason
+    shape = "x".join(str(v) for v in input_shape)
+    if arch:
+        raise PetError(f"model file {name} does not match architecture {arch} for {shape} inputs: {best_reason}")
+    raise PetError(
+        f"model file {name} matches no zoo architecture for {shape} inputs, {num_classes} classes; "
+        f"closest is {best}: {best_reason}"
+    )
+
+
+def _check_forward(model: nn.Module, input_shape, num_classes: int, name: str) -> None:
+    """A whole model must map (1,C,H,W) to (1,num_classes); say so clearly when it does not."""
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(1, *input_shape))  # (1, classes)
+    except Exception as e:
+        shape = "x".join(str(v) for v in input_shape)
+        raise PetError(f"model file {name} fails on {shape} inputs: {_first_line(e)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PetError(f"model file {name} outputs {got} for one input, expected (1, {num_classes})")
+
