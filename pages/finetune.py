@@ -29,7 +29,7 @@ st.caption(f"Trains a copy of the compressed model (never the baseline) on **{pi
            f"Recipe: {state.summary()}")
 c1, c2, c3 = st.columns(3)
 with c1.container(border=True):
-    st.number_input("Epochs", 0.1, 100.0, step=0.5, key="f_epochs")
+    st.number_input("Epochs", 0.1, 100.0, step=0.5, format="%g", key="f_epochs")
     st.number_input("Learning rate", 1e-6, 1.0, format="%.5f", key="f_lr")
     st.select_slider("Batch size", [32, 64, 128, 256, 512], key="f_batch_size")
     st.radio("Optimizer", ["adam", "adamw", "sgd"], key="f_optimizer", horizontal=True)

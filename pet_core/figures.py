@@ -11,6 +11,7 @@ import torch
 from pet_core.pareto import pareto_front
 
 MAX_HEATMAP = 256
+MAX_LEVELS_DRAWN = 64
 
 
 def weight_histogram(name: str, edges: Sequence[float], before: Sequence[int], after: Sequence[int] | None = None,
@@ -27,14 +28,18 @@ def weight_histogram(name: str, edges: Sequence[float], before: Sequence[int], a
     if threshold is not None and math.isfinite(threshold):
         for x in (-threshold, threshold):
             fig.add_vline(x=x, line_dash="dash", line_color="#222")
-        fig.add_annotation(x=threshold, y=1, yref="paper", text=f"threshold ±{threshold:.3g}", showarrow=False,
-                           xanchor="left", yanchor="top")
+        fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="#222", dash="dash"),
+                        name=f"pruning threshold ±{threshold:.3g}")
     if levels:
         lo, hi = edges[0], edges[-1]
-        for v in levels:
-            if lo <= v <= hi:
-                fig.add_vline(x=v, line_width=1, line_color="#2a9d8f", opacity=0.6)
-        fig.add_scatter(x=[None], y=[None], mode="lines", line_color="#2a9d8f", name=f"{len(levels)} levels")
+        if len(levels) <= MAX_LEVELS_DRAWN:   # more lines than this only hatch the chart
+            for v in levels:
+                if lo <= v <= hi:
+                    fig.add_vline(x=v, line_width=1, line_color="#2a9d8f", opacity=0.6)
+            label = f"{len(levels)} levels"
+        else:
+            label = f"{len(levels)} levels (too dense to draw)"
+        fig.add_scatter(x=[None], y=[None], mode="lines", line_color="#2a9d8f", name=label)
     title = f"{name}: weight distribution" + (" (histogram of a strided sample)" if sampled else "")
     fig.update_layout(title=title, barmode="overlay", bargap=0, height=360, margin=dict(t=50, b=40, l=50, r=20),
                       xaxis_title="weight", yaxis_title="count", legend=dict(orientation="h", y=-0.2))
@@ -63,9 +68,10 @@ def weight_heatmap(name: str, weight: torch.Tensor) -> go.Figure:
     from plotly.subplots import make_subplots
 
     m = _downsample(weight.detach().float().reshape(weight.shape[0], -1))    # (out, in_flat), strided
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("weights", "mask (kept = 1)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("weights", "mask (black = kept)"), horizontal_spacing=0.08)
     lim = float(m.abs().max()) or 1.0
-    fig.add_heatmap(z=m.tolist(), colorscale="RdBu", zmin=-lim, zmax=lim, row=1, col=1, colorbar=dict(x=0.45))
+    fig.add_heatmap(z=m.tolist(), colorscale="RdBu", zmin=-lim, zmax=lim, row=1, col=1,
+                    colorbar=dict(x=1.02, len=0.9, title="w"))
     fig.add_heatmap(z=(m != 0).int().tolist(), colorscale=[[0, "#ffffff"], [1, "#222222"]], showscale=False,
                     row=1, col=2)
     strided = " (strided view)" if tuple(m.shape) != (weight.shape[0], weight[0].numel()) else ""

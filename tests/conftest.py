@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 MNIST_DIR = Path(os.environ.get("PET_MNIST_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
@@ -18,6 +19,16 @@ def _hermetic_cache(tmp_path_factory):
         os.environ.pop("PET_CACHE_DIR", None)
     else:
         os.environ["PET_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One intra-op thread: tests run many small ops, and on 2 busy cores OpenMP's spin-waits
+    make them up to ~50x slower; benchmarks (bench/) use the machine's threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,6 @@ MODELS = [m.name for m in list_models()]
 SHAPES = [(40, 30), (16, 8, 3, 3), (5, 1), (1, 64), (12, 4, 5)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _weights(shape, seed: int, zero_frac: float = 0.2) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -51,13 +51,6 @@ def _json(proc: subprocess.CompletedProcess) -> dict:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def baseline():

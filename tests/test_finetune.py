@@ -32,14 +32,6 @@ CPU = torch.device("cpu")
 _BASELINES: dict = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 busy cores OpenMP's spin-waits make small ops ~50x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def baseline(name: str):
     if name not in _BASELINES:

@@ -221,13 +221,6 @@ def test_model_bytes_by_hand():
     assert model_bytes(half) == (16 + 4) * 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _zoo(name: str) -> nn.Module:
     side = max(8, model_info(name).min_hw)

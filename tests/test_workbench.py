@@ -74,14 +74,6 @@ class Zoo:
             assert v.dtype == dtype and _bytes(v) == raw, f"baseline {k} was modified"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is as fast, and immune to a busy machine's oversubscription."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module", params=MODELS)
 def zoo(request) -> Zoo:
