@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", help="folder for the checkpoint, the fine-tuned weights, recipe and report")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p = sub.add_parser("export", help="apply a recipe, write a deployable file; measured size, accuracy, latency")
+    _common(p)
+    p.add_argument("--format", required=True,
+                   choices=["packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict"])
+    p.add_argument("--out", required=True, help="file to write")
     return parser
 
 
@@ -78,6 +83,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {**head, **analysis_report(wb.model)}
     if args.command == "finetune":
         return {**head, **_finetune(args, recipe, baseline, wb)}
+    if args.command == "export":
+        from pet_core.export.artifacts import export_report
+
+        return {**head, **export_report(args.format, wb, baseline, args.out)}
     return {**head, **wb.report()}
 
 
@@ -125,6 +134,12 @@ def _print_text(command: str, out: dict[str, Any]) -> None:
         for s in out["layers"]:
             print(f"{s['name']:24s} {s['type']:8s} {s['params']:9d} {s['sparsity']:8.3f} {s['std']:9.4f} "
                   f"{s['abs_max']:9.4f} {s['kurtosis']:7.2f}")
+        return
+    if command == "export":
+        lat = ", ".join(f"{k} {v:.3f} ms" for k, v in out["latency_ms"].items())
+        acc = "n/a" if out["accuracy"] is None else f"{out['accuracy']:.4f}"
+        print(f"{out['format']}: {out['path']}  {out['size_bytes']:,} bytes on disk  accuracy {acc}  {lat}")
+        print(f"accounted: {out['accounted_size_bytes']:,} bytes; baseline {out['baseline']['size_bytes']:,} bytes")
         return
     b, c = out["baseline"], out["compressed"]
     if "finetune" in out:
