@@ -131,3 +131,20 @@ def test_cli_export_bad_input(lenet_cached, tmp_path):
         assert proc.stdout == ""
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("error: ")
+
+
+def test_export_falls_back_to_torchscript_exporter(monkeypatch, tmp_path):
+    """When the dynamo exporter fails, the older exporter still gives a dynamic-batch file."""
+    real = torch.onnx.export
+
+    def flaky(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("dynamo exporter unavailable")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", flaky)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    path = export_onnx(model, (1, 4, 4), tmp_path / "m.onnx")
+    x = torch.randn(5, 1, 4, 4)
+    sess = onnx_session(path)
+    np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], model(x).detach().numpy(), atol=1e-5)
