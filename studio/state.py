@@ -191,6 +191,11 @@ def evaluate(series: str = "post-training") -> dict[str, Any] | None:
     return report
 
 
+def recipe_key_now() -> str:
+    """Identifies the session's model, dataset and recipe: artifacts built for another are stale."""
+    return source_key() + recipe_key(recipe().to_dict())
+
+
 def runs() -> list[dict[str, Any]]:
     """This source's runs, the baseline first."""
     wb = workbench()
