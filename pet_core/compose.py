@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pet_core.methods.channel import broadcast_channel_mask, channel_norms, channels_above, channels_to_keep
@@ -39,6 +40,12 @@ class StoredTensor:
     overhead_bits: int = 0         # scales, offsets, codebooks
     value_format: str = "float32"  # "float32", "int4", "shared16" ...
     pruned: bool = False           # a pruning mask was applied (zeros are structural)
+    # What the packed format stores (None where they do not apply): the int32 codes, values' shape,
+    # as quantize()/share() returned them, and the float32 scale/offset (groups,) or codebook (m,).
+    codes: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
 
 
 @dataclass
@@ -52,6 +59,26 @@ class LayerResult:
     singular_values: torch.Tensor | None = None
     threshold: float | None = None     # magnitude threshold (weights) or norm threshold (channels) used
     levels: list[float] | None = None  # quantisation levels or k-means centroids, to draw on histograms
+
+
+def factor_product(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``first (out, r) @ second (r, in_flat)``, summed term by term in a fixed order.
+
+    A BLAS matmul rounds differently with the thread count, the CPU and the operands' memory
+    order; one elementwise multiply and add per rank term are exact IEEE operations in a fixed
+    order, so the packed loader (pet_core.packed) rebuilds the very same weight anywhere. numpy
+    runs them: single-threaded, so no thread-pool wake-ups per term on busy cores.
+    """
+    if first.dtype not in (torch.float32, torch.float64):   # numpy has no bfloat16; the caller casts back
+        first, second = first.float(), second.float()
+    f = np.ascontiguousarray(first.detach().cpu().numpy().T)                  # (r, out)
+    s = np.ascontiguousarray(second.detach().cpu().numpy())                   # (r, in_flat)
+    out = np.zeros((f.shape[1], s.shape[1]), dtype=f.dtype)                   # (out, in_flat)
+    term = np.empty_like(out)
+    for k in range(f.shape[0]):
+        np.multiply(f[k][:, None], s[k][None, :], out=term)   # separate ufuncs: never fused into an FMA
+        np.add(out, term, out=out)
+    return torch.from_numpy(out)
 
 
 def prune_scores(weight: torch.Tensor, spec: LayerSpec) -> list[torch.Tensor]:
@@ -82,7 +109,10 @@ def quant_levels(scale: float, offset: float | None, bits: int) -> list[float]:
 
 
 def _code(t: torch.Tensor, mask: torch.Tensor | None, spec: LayerSpec):
-    """Quantise or share one stored tensor; returns (values, value_bits, overhead_bits, format, levels).
+    """Quantise or share one stored tensor.
+
+    Returns (values, value_bits, overhead_bits, format, levels, codes): ``codes`` holds the
+    StoredTensor fields the packed format needs (empty for float32 values).
 
     Levels drawn for per-channel quantisation are those of the widest channel.
     """
@@ -93,14 +123,16 @@ def _code(t: torch.Tensor, mask: torch.Tensor | None, spec: LayerSpec):
         overhead = groups * FLOAT_BITS * (2 if out.offset is not None else 1)
         g = int(torch.argmax(out.scale))
         levels = quant_levels(float(out.scale[g]), None if out.offset is None else float(out.offset[g]), q.bits)
-        return out.values, q.bits, overhead, f"int{q.bits}", levels
+        codes = dict(codes=out.codes, scale=out.scale, offset=out.offset)
+        return out.values, q.bits, overhead, f"int{q.bits}", levels, codes
     if spec.share is not None:
         out = share(t, ShareConfig(clusters=spec.share.clusters), mask=mask)
         m = out.codebook.numel()
         index_bits = max(1, (m - 1).bit_length())
-        return out.values, index_bits, m * FLOAT_BITS, f"shared{m}", out.codebook.tolist()
+        codes = dict(codes=out.codes, codebook=out.codebook)
+        return out.values, index_bits, m * FLOAT_BITS, f"shared{m}", out.codebook.tolist(), codes
     values = t if mask is None else t * mask
-    return values, FLOAT_BITS, 0, "float32", None
+    return values, FLOAT_BITS, 0, "float32", None, {}
 
 
 def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec,
@@ -148,14 +180,14 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
                 new_bias = bias * keep
         tensors, levels = [], None
         for i, (t, mask) in enumerate(zip(stored, masks)):
-            values, bits, overhead, fmt, levels_i = _code(t, mask, spec)
+            values, bits, overhead, fmt, levels_i, codes = _code(t, mask, spec)
             levels = levels if levels is not None else levels_i
             name = "weight" if factored is None else ("weight.first", "weight.second")[i]
-            tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None))
+            tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None, **codes))
         if factored is None:
             effective = tensors[0].values
         else:
-            effective = (tensors[0].values @ tensors[1].values).reshape(weight.shape)  # (out, in_flat)
+            effective = factor_product(tensors[0].values, tensors[1].values).reshape(weight.shape)
         return LayerResult(
             weight=effective.to(weight.dtype), bias=new_bias, tensors=tensors,
             rank=None if factored is None else factored.rank,

@@ -13,6 +13,8 @@ tensor rounded up to whole bytes; see docs/size.md):
 
 The smallest of the three layouts is used and named. Every other parameter and buffer (biases,
 BatchNorm, uncompressed layers) counts at its stored size, ``numel · element_size``.
+
+``huffman_tensor_bytes`` gives the entropy-coded size of the same layout (``size_bytes_huffman``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,22 @@ def tensor_size(t: StoredTensor) -> TensorSize:
     encoding = min(options, key=options.get)
     size_bytes = (options[encoding] + t.overhead_bits + 7) // 8
     return TensorSize(t.name, n, z, b, t.value_format, encoding, size_bytes)
+
+
+def huffman_tensor_bytes(t: StoredTensor, encoding: str | None = None) -> int:
+    """Bytes of one stored tensor in the packed format with entropy coding (``save_packed(huffman=True)``).
+
+    Same layout as :func:`tensor_size`; the value codes and the relative-index gaps are each
+    Huffman-coded (code-length table included) where that is smaller than their fixed width, as in
+    Deep Compression's last stage. Includes the zero-flag bits the packed format needs when the
+    zero code is also a real value (see ``pet_core.packed.streams``). float32 values are not coded.
+    ``encoding``: :func:`tensor_size`'s choice when the caller has it (saves recomputing it).
+    """
+    if t.value_bits > 16:
+        return tensor_size(t).size_bytes
+    from pet_core.packed.streams import build_streams    # the packed format imports this module
+    from pet_core.packed.tensor_blob import blob_bytes
+    return blob_bytes(build_streams(t, encoding or tensor_size(t).encoding), huffman=True)
 
 
 def stored_bytes(t: torch.Tensor) -> int:

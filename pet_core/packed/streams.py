@@ -1,0 +1,193 @@
+"""One stored tensor as symbol streams in the layout the size accounting chose, and back.
+
+Symbols are unsigned integers of ``b = value_bits`` bits:
+
+* ``float32``: the IEEE bit pattern of each value (32 bits);
+* ``symmetric``: the signed code shifted by ``2^(b-1)`` (1-bit codes ±1 become 0/1);
+* ``asymmetric``: the code itself (levels ``offset + code·scale``);
+* ``shared``: the index into the k-means codebook.
+
+Layouts (``n`` positions, ``z`` non-zero, ``p``-bit gaps), streams in this order:
+
+* ``dense``: ``n`` value symbols;
+* ``bitmask``: ``n`` presence bits, then the ``z`` non-zero value symbols;
+* ``relative``: ``z + f`` gaps of ``p`` bits, then ``z + f`` value symbols. A gap of ``g`` zeros
+  is preceded by ``g >> p`` filler entries (gap ``2^p - 1``, a zero), as in Deep Compression.
+
+Zeros written into a stream (dense zeros, relative fillers) use one *zero code*: the value
+symbol least used by the real entries that could be confused with them. Symmetric codes
+(signed 0), float32 (+0.0) and codebooks with a spare index always have an unused one; for
+asymmetric codes, 1-bit codes and full codebooks the zero code may also be a real value, and a
+*flag* bit per ambiguous entry (1 = zero) tells them apart. Those flag bits are the only bits the
+size accounting does not count (it assumes a free zero code); they are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pet_core.compose import StoredTensor
+from pet_core.errors import PetError
+
+FLOAT_BITS = 32
+
+
+@dataclass
+class Streams:
+    """The symbol streams of one tensor, plus what a decoder must be told (the manifest part)."""
+
+    meta: dict                                   # JSON-ready: kind, layout, widths, counts, zero code
+    overhead: bytes                              # float32 scale (+ offset) or codebook
+    streams: list[tuple[str, np.ndarray, int]] = field(default_factory=list)   # (name, symbols, width)
+
+
+def coding_kind(t: StoredTensor) -> str:
+    """How ``t``'s symbols map to values: float32, symmetric, asymmetric or shared."""
+    if t.codebook is not None:
+        return "shared"
+    if t.scale is not None:
+        return "symmetric" if t.offset is None else "asymmetric"
+    return "float32"
+
+
+def _symbols(t: StoredTensor, kind: str) -> tuple[np.ndarray, bytes]:
+    """Unsigned symbols (n,) int64 for every position, and the float32 overhead bytes."""
+    if t.values.dtype != torch.float32:
+        raise PetError(f"tensor {t.name}: packed export stores float32 weights, got {t.values.dtype}")
+    if kind == "float32":
+        if t.value_bits != FLOAT_BITS:
+            raise PetError(f"tensor {t.name}: float32 values must be stored at 32 bits, got {t.value_bits}")
+        bits = t.values.detach().contiguous().reshape(-1).view(torch.int32).numpy()
+        return bits.astype(np.int64) & 0xFFFFFFFF, b""
+    if t.codes is None:
+        raise PetError(f"tensor {t.name}: {t.value_format} values carry no codes (re-apply the recipe)")
+    codes = t.codes.detach().reshape(-1).numpy().astype(np.int64)               # (n,)
+    b = t.value_bits
+    if kind == "shared":
+        return codes, t.codebook.to(torch.float32).numpy().tobytes()
+    overhead = t.scale.to(torch.float32).numpy().tobytes()
+    if kind == "asymmetric":
+        return codes, overhead + t.offset.to(torch.float32).numpy().tobytes()
+    return ((codes + 1) // 2 if b == 1 else codes + (1 << (b - 1))), overhead
+
+
+def _zero_code(context: np.ndarray, bits: int) -> tuple[int, bool]:
+    """The zero code and whether flags are needed: the symbol least used among ``context``."""
+    if bits > 16:            # float32 bit patterns: 0 is +0.0, never a non-zero value
+        return 0, False
+    counts = np.bincount(context, minlength=1 << bits)
+    code = int(np.argmin(counts))
+    return code, bool(counts[code] > 0)
+
+
+def _entries(encoding: str, sym: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(gaps or None, value symbols, entry index of each real value) of a dense or relative layout."""
+    if encoding == "dense":
+        return None, sym.copy(), pos                                           # entry i is position i
+    p = int(encoding[len("relative-"):-len("bit")])
+    g = np.diff(pos, prepend=-1) - 1                                            # (z,) zeros before each
+    fillers = g >> p                                                            # each covers 2^p positions
+    real = np.cumsum(fillers + 1) - 1                                           # (z,)
+    top = (1 << p) - 1
+    gaps = np.full(int(pos.size + fillers.sum()), top, dtype=np.int64)         # (z + f,) fillers: gap 2^p - 1
+    gaps[real] = g & top
+    values = np.zeros(gaps.size, dtype=np.int64)
+    values[real] = sym[pos]
+    return gaps, values, real
+
+
+def build_streams(t: StoredTensor, encoding: str) -> Streams:
+    """The streams of ``t`` in ``encoding`` ("dense", "bitmask" or "relative-<p>bit")."""
+    kind = coding_kind(t)
+    sym, overhead = _symbols(t, kind)
+    if len(overhead) * 8 != t.overhead_bits:
+        raise PetError(f"tensor {t.name}: {len(overhead) * 8} overhead bits, the accounting has {t.overhead_bits}")
+    b = t.value_bits
+    nonzero = (t.values.detach().reshape(-1) != 0).numpy()                      # (n,)
+    pos = np.flatnonzero(nonzero)                                               # (z,)
+    layout = encoding.split("-")[0]
+    if layout not in ("dense", "bitmask", "relative"):
+        raise PetError(f"tensor {t.name}: unknown encoding {encoding!r}")
+    meta = dict(name=t.name, shape=list(t.values.shape), kind=kind, value_bits=b, nonzero=int(pos.size),
+                groups=0 if t.scale is None else int(t.scale.numel()),
+                codebook=0 if t.codebook is None else int(t.codebook.numel()),
+                layout=layout, zero_code=None, flags=False)
+    if layout == "bitmask":
+        return Streams(meta, overhead, [("mask", nonzero.astype(np.int64), 1), ("values", sym[pos], b)])
+    gaps, values, real = _entries(encoding, sym, pos)
+    streams = [("values", values, b)]
+    if gaps is not None:
+        meta.update(index_bits=int(encoding[len("relative-"):-len("bit")]), entries=int(gaps.size))
+        streams.insert(0, ("gaps", gaps, meta["index_bits"]))
+    is_zero = np.ones(values.size, dtype=bool)
+    is_zero[real] = False
+    if is_zero.any():
+        # real entries a zero could be mistaken for: all (dense), those in filler slots (relative)
+        context = values[real] if gaps is None else values[real][gaps[real] == (1 << meta["index_bits"]) - 1]
+        zero, flagged = _zero_code(context, b)
+        meta.update(zero_code=zero, flags=flagged)
+        values[is_zero] = zero
+        if flagged:
+            streams.append(("flags", is_zero[_ambiguous(meta, values, gaps)].astype(np.int64), 1))
+    return Streams(meta, overhead, streams)
+
+
+def _ambiguous(meta: dict, values: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
+    """Entries that carry the zero code where a zero may stand (relative: only in filler slots)."""
+    out = values == meta["zero_code"]
+    if gaps is not None:
+        out &= gaps == (1 << meta["index_bits"]) - 1
+    return out
+
+
+def zero_entries(meta: dict, values: np.ndarray, gaps: np.ndarray | None, flags: np.ndarray) -> np.ndarray:
+    """Which entries of a decoded dense/relative stream are zeros (fillers or pruned positions)."""
+    if meta["zero_code"] is None:
+        return np.zeros(values.size, dtype=bool)
+    ambiguous = _ambiguous(meta, values, gaps)
+    if not meta["flags"]:
+        return ambiguous                          # the zero code is used by no real entry there
+    is_zero = np.zeros(values.size, dtype=bool)
+    is_zero[np.flatnonzero(ambiguous)[flags.astype(bool)]] = True
+    return is_zero
+
+
+def flag_count(meta: dict, values: np.ndarray, gaps: np.ndarray | None) -> int:
+    """How many flag bits follow the value stream."""
+    return int(_ambiguous(meta, values, gaps).sum()) if meta["flags"] else 0
+
+
+def decode_values(meta: dict, overhead: bytes, symbols: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+    """The float32 tensor with ``symbols`` decoded at flat ``positions`` and +0.0 elsewhere.
+
+    The arithmetic repeats quantize()/share() operation for operation, so values are bit-equal.
+    """
+    shape = meta["shape"]
+    n = int(np.prod(shape, dtype=np.int64))
+    out = torch.zeros(n, dtype=torch.float32)
+    if positions.size and (positions.min() < 0 or positions.max() >= n):
+        raise PetError(f"tensor {meta['name']}: stored positions run past its {n} values")
+    kind, b = meta["kind"], meta["value_bits"]
+    idx = torch.from_numpy(positions.astype(np.int64))
+    if kind == "float32":
+        out[idx] = torch.from_numpy(symbols.astype(np.uint32).view(np.int32).copy()).view(torch.float32)
+        return out.reshape(shape)
+    floats = torch.frombuffer(bytearray(overhead), dtype=torch.float32) if overhead else torch.zeros(0)
+    if kind == "shared":
+        if symbols.size and symbols.max() >= floats.numel():
+            raise PetError(f"tensor {meta['name']}: codebook index out of range")
+        out[idx] = floats[torch.from_numpy(symbols.astype(np.int64))]
+        return out.reshape(shape)
+    groups = meta["groups"]
+    scale = floats[:groups]
+    group = idx // (n // groups)                                                # per-channel: rows of n/groups
+    codes = torch.from_numpy(symbols.astype(np.int64))
+    if kind == "symmetric":
+        codes = codes * 2 - 1 if b == 1 else codes - (1 << (b - 1))
+        out[idx] = codes.to(torch.int32).to(torch.float32) * scale[group]
+    else:
+        out[idx] = floats[groups:][group] + codes.to(torch.int32).to(torch.float32) * scale[group]
+    return out.reshape(shape)
