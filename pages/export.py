@@ -11,6 +11,7 @@ from safetensors.torch import save
 
 from pet_core.errors import PetError
 from pet_core.export.artifacts import FORMATS, make_artifact
+from pet_core.physical import physical_workbench
 from pet_core.figures import pareto_figure, sparsity_bars
 from pet_core.recipe import dumps, loads
 from pet_core.report import cli_command, html_report
@@ -26,7 +27,7 @@ SUFFIX = {"packed": ".petz", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "onnx-i
 
 def artifact_row(a: dict, accounted: int) -> dict:
     lat = a.get("latency_ms") or {}
-    return {"format": FORMAT_LABELS[a["format"]], "file bytes (measured)": a["size_bytes"],
+    return {"artifact": a.get("label", a["format"]), "file bytes (measured)": a["size_bytes"],
             "accounted bytes": accounted, "accuracy (measured)": a["accuracy"],
             "latency batch 1 (ms)": lat.get("batch1"), "latency batch 64 (ms)": lat.get("batch64")}
 state.init()  # also here: a fresh server's first run may execute this page alone
@@ -62,25 +63,32 @@ st.download_button("⬇️ Report (HTML)", html_report(report, figures, command)
 st.subheader("Deployable artifacts (measured)")
 st.caption("Each file is written, loaded back and run: its size is the file on disk, its accuracy and latency "
            "are measured (CPU, median of repeated runs). The numbers above are accounted, these are real.")
-fmt = st.selectbox("Format", FORMATS, key="x_format", format_func=FORMAT_LABELS.get)
+c1, c2 = st.columns(2)
+fmt = c1.selectbox("Format", FORMATS, key="x_format", format_func=FORMAT_LABELS.get)
+physical = c2.toggle("Remove pruned channels for real (Torch-Pruning)", key="x_physical",
+                     help="channel pruning only: a smaller dense model with the same outputs")
 if st.button("🔨 Build and measure", key="x_build"):
     with st.spinner(f"Writing {fmt}, loading it back, timing it…"):
         try:
-            folder = Path(tempfile.mkdtemp(prefix="pet_export_"))
-            path = folder / f"{stem}{SUFFIX[fmt]}"
-            ss.setdefault("artifacts", {})[fmt] = (state.recipe_key_now(),
-                                                   make_artifact(fmt, wb, state.baseline(), path))
+            source, label = wb, fmt
+            if physical:
+                source, info = physical_workbench(wb)
+                label = f"{fmt}, physically pruned"
+                st.info(f"Physically pruned: {info['params_before']:,} → {info['params_after']:,} parameters.")
+            path = Path(tempfile.mkdtemp(prefix="pet_export_")) / f"{stem}{SUFFIX[fmt]}"
+            artifact = make_artifact(fmt, source, state.baseline(), path)
+            ss.setdefault("artifacts", {})[label] = (state.recipe_key_now(), {**artifact, "label": label})
         except PetError as exc:
             st.error(f"{fmt} export failed: {exc}")
 artifacts = {f: a for f, (key, a) in ss.get("artifacts", {}).items() if key == state.recipe_key_now()}
 if artifacts:
     st.dataframe(pd.DataFrame([artifact_row(a, c["size_bytes"]) for a in artifacts.values()]),
                  hide_index=True, width="stretch")
-    for f, a in artifacts.items():
+    for label, a in artifacts.items():
         data = Path(a["path"]).read_bytes()
         c1, c2 = st.columns([1, 1])
-        c1.download_button(f"⬇️ {FORMAT_LABELS[f]} ({len(data):,} B)", data, Path(a["path"]).name, key=f"dl_{f}")
-        if f == "onnx" and c2.toggle("Open in Netron", key="x_netron"):
+        c1.download_button(f"⬇️ {label} ({len(data):,} B)", data, Path(a["path"]).name, key=f"dl_{label}")
+        if a["format"] == "onnx" and c2.toggle("Open in Netron", key=f"x_netron_{label}"):
             from studio.netron_server import publish
 
             st.iframe(publish(data, Path(a["path"]).name), height=560)

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True,
                    choices=["packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict"])
     p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--physical", action="store_true",
+                   help="remove channel-pruned channels for real (Torch-Pruning) before writing")
     return parser
 
 
@@ -86,7 +88,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "export":
         from pet_core.export.artifacts import export_report
 
-        return {**head, **export_report(args.format, wb, baseline, args.out)}
+        physical = None
+        if args.physical:
+            from pet_core.physical import physical_workbench
+
+            wb, info = physical_workbench(wb)
+            physical = {k: info[k] for k in ("params_before", "params_after", "skipped")}
+        return {**head, **export_report(args.format, wb, baseline, args.out), "physical": physical}
     return {**head, **wb.report()}
 
 

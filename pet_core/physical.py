@@ -297,3 +297,18 @@ def channel_keep_masks(wb) -> dict[str, torch.Tensor]:
             keep |= m.bias.detach().ne(0)
         masks[name] = keep
     return masks
+
+
+def physical_workbench(wb):
+    """A workbench over the physically pruned working copy: the same outputs, fewer parameters.
+
+    Exporters take a workbench, so this is how a pruned model "exports and loads like any other".
+    Raises PetError when the recipe prunes no channels.
+    """
+    from pet_core.workbench import Workbench   # workbench does not import this module: no cycle
+
+    keep = channel_keep_masks(wb)
+    if not keep:
+        raise PetError("nothing to remove physically: the recipe prunes no channels (use l1_channel or l2_channel)")
+    model, info = physically_prune(wb.model, keep, wb.x_eval[:2])
+    return Workbench(model, wb.x_eval, wb.y_eval), info

@@ -191,3 +191,26 @@ def test_export_page_offers_every_download():
     for what in ("YAML", "JSON", "safetensors", "HTML"):
         assert what in labels
     assert any("python -m pet_core evaluate" in c.value for c in at.code)
+
+
+def test_export_builds_measured_artifacts_including_physically_pruned():
+    recipe = Recipe(default={"prune": {"method": "l1_channel", "sparsity": 0.5}}, layers={"fc3": {"prune": None}})
+    at = new_app(recipe=to_token(recipe))
+    at.switch_page("pages/export.py").run()
+    at.selectbox(key="x_format").set_value("onnx").run()
+    at.button(key="x_build").click().run()
+    at.selectbox(key="x_format").set_value("torchscript").run()
+    at.toggle(key="x_physical").set_value(True).run()
+    at.button(key="x_build").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[-1].value
+    assert list(table["artifact"]) == ["onnx", "torchscript, physically pruned"]
+    artifacts = {label: a for label, (_, a) in at.session_state["artifacts"].items()}
+    for label, a in artifacts.items():
+        assert a["size_bytes"] == Path(a["path"]).stat().st_size     # measured on disk
+    accounted_accuracy = engine_numbers(recipe)[0]
+    for a in artifacts.values():   # physical removal keeps the masked model's outputs
+        assert f"{a['accuracy']:.2%}" == accounted_accuracy
+    physical = artifacts["torchscript, physically pruned"]
+    assert physical["size_bytes"] < artifacts["onnx"]["size_bytes"] / 1.5
