@@ -92,7 +92,10 @@ m[1].metric("Size", f"{c['size_bytes']:,} B", help="accounted: bytes of the chos
 m[2].metric("Compression", f"{c['compression_ratio']:.2f}×", help=f"baseline {b['size_bytes']:,} B dense fp32")
 m[3].metric("Weight sparsity", f"{c['weight_sparsity']:.1%}")
 m[4].metric("Non-zero params", f"{c['nonzero_params']:,}")
+huff = c.get("size_bytes_huffman")
 st.caption("Accuracy is **measured** on the decoded weights; sizes are **accounted** (the bytes each tensor's "
-           "encoding takes, no file written); masks and fake quantization give **no speed-up** (simulated).")
+           "encoding takes; Export writes the packed file and measures it); masks and fake quantization give "
+           "**no speed-up** (simulated: physical pruning and ONNX int8 on Export are the real ones)."
+           + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else ""))
 rows = pd.DataFrame(report["layers"]).drop(columns=["tensors"])
 st.dataframe(rows, hide_index=True, width="stretch")
