@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pet_core.errors import PetError
+from pet_core.packed.container import MAGIC as PACKED_MAGIC
 from pet_core.zoo import build_model, list_models, model_info
 
 _PICKLE_REFUSED = "holds a pickled module; loading it runs code — opt in with --allow-pickle / the checkbox"
@@ -42,7 +43,7 @@ def load_model_file(
 ) -> tuple[nn.Module, dict]:
     """Load a model file for (C,H,W) inputs and ``num_classes`` outputs; returns (model, info).
 
-    info is {"kind": "torchscript"|"state_dict"|"safetensors"|"pickle", "arch": str|None, "path": str}.
+    info is {"kind": "torchscript"|"state_dict"|"safetensors"|"pickle"|"packed", "arch": str|None, "path": str}.
     State dicts are matched to a zoo architecture (``arch`` or inferred from keys and shapes).
     """
     path = Path(path)
@@ -55,6 +56,12 @@ def load_model_file(
     with path.open("rb") as f:
         head = f.read(1024)
 
+    if head[:8] == PACKED_MAGIC:   # our packed format: rebuilds the compressed model bit-exactly
+        from pet_core.packed import load_packed
+
+        model, info = load_packed(path)
+        _check_forward(model, input_shape, num_classes, name)
+        return model.eval().cpu(), {"kind": "packed", "arch": info["model"].get("arch"), "path": str(path)}
     if head[:4] == b"PK\x03\x04":
         model, kind = _load_zip(path, allow_pickle)
     elif _looks_like_safetensors(head, size) or path.suffix == ".safetensors":

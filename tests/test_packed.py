@@ -7,7 +7,6 @@ is bit-equal (``torch.equal`` on every parameter and buffer) to the workbench's 
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -80,13 +79,12 @@ def test_huffman_lengths_are_limited_and_beat_fixed_width_on_skewed_data():
     assert huffman_bits(skewed, 5) < 0.75 * skewed.size * 5
 
 
-def test_huffman_decodes_300k_symbols_fast():
+def test_huffman_decodes_300k_symbols():
+    # LeNet-300-100's fc1 size; its speed is a benchmark's business, not a test's
     symbols = np.minimum(RNG.geometric(0.3, 300_000) - 1, 31)
     stream = encode_stream(symbols, 5)
-    start = time.perf_counter()
     out = decode_stream(BitReader(stream), 5, symbols.size)
     assert np.array_equal(out, symbols)
-    assert time.perf_counter() - start < 2.0        # ~0.15 s on an idle core; slack for busy machines
 
 
 # --- one tensor ---------------------------------------------------------------------------------
@@ -253,3 +251,14 @@ def test_non_zoo_model_is_refused(tmp_path):
     with pytest.raises(PetError, match="does not match zoo lenet_300_100"):
         save_packed(wb, tmp_path / "x.pet", model_info=dict(info, arch="lenet_300_100"))
     assert not (tmp_path / "x.pet").exists()
+
+
+def test_packed_file_loads_as_a_user_model(packed_file, baselines):
+    from pet_core.model_io import load_model_file
+
+    path, _ = packed_file
+    direct, _ = load_packed(path)
+    model, info = load_model_file(path, (1, 8, 8), 10)
+    assert info["kind"] == "packed" and info["arch"] == "lenet_300_100"
+    for (k, v), (_, w) in zip(direct.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(v, w), k
