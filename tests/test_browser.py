@@ -102,7 +102,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(cache_dir):
     _skip_without_browser()
-    proc, url, log_path = start_server(cache_dir)
+    proc, url, log_path = start_server(cache_dir, launcher=("studio.serve",))   # what `make run` starts
     yield url
     stop_server(proc)
 
@@ -421,3 +421,32 @@ def test_deep_link_on_a_fresh_plain_streamlit_run(cache_dir, server, browser):
     finally:
         stop_server(proc)
     assert "Home" in text and "lenet_300_100 on digits" in text, text
+
+
+def test_clicking_a_pareto_point_loads_its_recipe(server, browser):
+    page = browser.new_page()
+    open_page(page, server, "compress", FIRST_LOAD_MS)            # run 1: sparsity 0.70
+    before = metric(page, "Size")
+    sparsity_slider(page).focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    wait_metric_change(page, "Size", before)                      # run 2: a higher sparsity
+    wait_idle(page)
+    moved_to = slider_value(sparsity_slider(page))
+    assert moved_to > 0.7
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_role("link", name=re.compile("Pareto")).first.click()   # same session
+    page.get_by_role("heading", name=re.compile("Pareto")).first.wait_for()
+    wait_idle(page)
+    # traces: baseline, then post-training runs in the order they were made; click the first run
+    traces = page.locator(".js-plotly-plot .scatterlayer .trace")
+    traces.nth(1).locator(".point").first.click(force=True)
+    page.get_by_text(re.compile("Loaded .* into Compress")).first.wait_for(timeout=RERUN_MS)
+    wait_idle(page)
+    assert_no_exception(page, "pareto selection")
+    nav.get_by_role("link", name=re.compile("Compress")).first.click()
+    page.get_by_role("heading", name=re.compile("Compress")).first.wait_for()
+    wait_idle(page)
+    assert slider_value(sparsity_slider(page)) == pytest.approx(0.7)
+    assert metric(page, "Size") == before
+    page.close()
