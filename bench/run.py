@@ -11,6 +11,7 @@ With ``--only``, the rows of the benchmarks not run are kept from the previous r
 Adding a benchmark: write a function ``fn(ctx: Context) -> list[Result]`` in a module under
 ``bench/`` (see ``bench/engine.py``; the timing helpers are in ``bench/common.py``) and add a
 ``Benchmark`` entry to ``BENCHMARKS`` below. Its baseline must be measured in the same run.
+A row whose dict has a ``section`` (markdown, see ``bench/deploy.py``) gets it appended to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import app_latency, engine  # noqa: E402
+from bench import app_latency, deploy, engine  # noqa: E402
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +58,8 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: app_latency.bench_server("mnist_cnn", ctx)),
     Benchmark("app_browser_lenet_300_100", "Compress slider key press to new metric in Chromium, lenet_300_100",
               lambda ctx: app_latency.bench_browser("lenet_300_100", ctx)),
+    Benchmark("deploy_variants", "bytes, accuracy, latency of eager/masked/physical/ONNX/packed variants (3 models)",
+              deploy.bench_deploy),
 ]
 
 
@@ -143,6 +146,11 @@ def write_markdown(rows: list[dict], info: dict, args: argparse.Namespace, secon
     for r in rows:
         lines.append(f"- **{r['name'].strip()}** — {r.get('notes', '')}"
                      + (f" Baseline: {r['baseline_desc']}." if r.get("baseline_desc") else ""))
+    for r in rows:  # a benchmark's own markdown section (a row's "section"), kept in results.json
+        if r.get("section"):
+            lines += ["", r["section"].rstrip()]
+            if r.get("measured_at") != info["date"]:
+                lines += ["", f"† This section was measured in an earlier run ({r.get('measured_at')})."]
     return "\n".join(lines) + "\n"
 
 
