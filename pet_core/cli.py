@@ -15,6 +15,7 @@ from pet_core.analysis import analysis_report
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.recipe import Recipe, load as load_recipe
+from pet_core.size import model_bytes
 from pet_core.steps import describe_steps
 from pet_core.zoo import list_models
 
@@ -122,8 +123,20 @@ def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[st
     if out is not None:
         save_state_dict(result.model, out / "model.safetensors")
         save_recipe(recipe, out / "recipe.yaml")
+        report["packed"] = _write_packed(result.workbench, baseline, out / "model.petz")
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _write_packed(wb, baseline, path: Path) -> dict[str, Any] | None:
+    """The fine-tuned model as a packed file (Huffman-coded): its real, measured size."""
+    from pet_core.packed import packed_model_info, save_packed
+
+    if baseline.arch is None:   # packed files rebuild zoo architectures only
+        return None
+    info = save_packed(wb, path, huffman=True, model_info=packed_model_info(baseline))
+    return {"path": str(path), "file_bytes": info["file_bytes"], "kind": "measured",
+            "compression_ratio": model_bytes(baseline.model) / info["file_bytes"]}
 
 
 def _print_text(command: str, out: dict[str, Any]) -> None:

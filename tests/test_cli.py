@@ -199,3 +199,18 @@ def test_evaluate_mnist(mnist_dir, files):
     assert 0.0 <= out["compressed"]["accuracy"] <= 1.0
     assert out["baseline"]["params"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert out["compressed"]["size_bytes"] == sum(r["size_bytes"] for r in out["layers"])
+
+
+def test_finetune_out_writes_a_packed_file_as_small_as_accounted(tmp_path):
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("pet_recipe: 1\nmodel: lenet_300_100\ndataset: digits\n"
+                      "default: {prune: {sparsity: 0.9, scope: layer}, share: {clusters: 16}}\n"
+                      "finetune: {steps: 20, techniques: {qat: {}}}\n")
+    out = _json(_cli("finetune", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--json"))
+    packed = out["packed"]
+    file_bytes = (tmp_path / "run" / "model.petz").stat().st_size
+    assert packed["file_bytes"] == file_bytes
+    accounted = out["compressed"]["size_bytes_huffman"]
+    assert accounted <= file_bytes <= accounted * 1.01 + 2048        # payload + a small header
+    assert (tmp_path / "run" / "recipe.yaml").exists() and (tmp_path / "run" / "report.json").exists()
+    assert len(out["history"]) >= 1 and out["finetune"]["steps"] == 20
