@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import app_latency, deploy, engine  # noqa: E402
+from bench import app_latency, deploy, engine, finetune_results  # noqa: E402
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +60,14 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: app_latency.bench_browser("lenet_300_100", ctx)),
     Benchmark("deploy_variants", "bytes, accuracy, latency of eager/masked/physical/ONNX/packed variants (3 models)",
               deploy.bench_deploy),
+    Benchmark("finetune_deep_compression", "Deep Compression on lenet_300_100 through the finetune CLI (MNIST)",
+              finetune_results.bench_deep_compression),
+    Benchmark("finetune_mnist_cnn_int4", "mnist_cnn 90% sparse + 4-bit QAT through the finetune CLI (MNIST)",
+              finetune_results.bench_mnist_cnn_int4),
+    Benchmark("finetune_overhead_lenet_300_100", "fine-tuning samples/s, mask + fake quant vs a plain loop",
+              lambda ctx: finetune_results.bench_overhead("lenet_300_100", ctx)),
+    Benchmark("finetune_overhead_mnist_cnn", "fine-tuning samples/s, mask + fake quant vs a plain loop",
+              lambda ctx: finetune_results.bench_overhead("mnist_cnn", ctx)),
 ]
 
 
