@@ -8,11 +8,7 @@ load_model_file) and running the test set, and latency is a median over repeated
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +18,7 @@ from torch import nn
 
 from pet_core.errors import PetError
 from pet_core.export import onnx_export as ox
+from pet_core.latency import measure_latency
 
 FORMATS = ("packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict")
 ONNX_FORMATS = ("onnx", "onnx-int8", "onnx-int8-static")
@@ -146,23 +143,13 @@ def _write_torch(fmt, wb, baseline, model, shape, path) -> nn.Module | None:
     return _write_packed(wb, baseline, path)
 
 
-def _write_packed(wb, baseline, path) -> nn.Module | None:
-    """Delegate to pet_core.packed (written elsewhere), imported only when it exists."""
-    if importlib.util.find_spec("pet_core.packed") is None:
-        raise PetError("packed export not available")
-    packed = importlib.import_module("pet_core.packed")
-    ds = baseline.dataset
-    make_info = getattr(packed, "packed_model_info", None)
-    info = make_info(baseline) if make_info else {"arch": baseline.arch, "dataset": ds.name,
-                                                   "input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
-    packed.save_packed(wb, path, model_info=info)
-    loader = getattr(packed, "load_packed", None)
-    if loader is None:
-        return None
-    loaded = loader(path)
-    if isinstance(loaded, tuple):   # (model, info) style loaders
-        loaded = next((v for v in loaded if isinstance(v, nn.Module)), None)
-    return loaded.eval() if isinstance(loaded, nn.Module) else None
+def _write_packed(wb, baseline, path) -> nn.Module:
+    """Our packed format (as small as the accounting), loaded back bit-exactly."""
+    from pet_core.packed import load_packed, packed_model_info, save_packed   # packed imports the workbench
+
+    save_packed(wb, path, model_info=packed_model_info(baseline))
+    model, _ = load_packed(path)
+    return model.eval()
 
 
 # ---------------------------------------------------------------- latency
@@ -178,33 +165,6 @@ def _no_grad(model: nn.Module) -> Callable:
 def _timed(fn: Callable, example: Callable[[int], Any]) -> Callable[[int | None], dict]:
     """A function of ``threads`` timing ``fn`` at each latency batch size."""
     def run(threads: int | None) -> dict:
-        measure = _measure_latency()
-        return {f"batch{b}": measure(fn, example(b), repeats=50, warmup=10, threads=threads)
+        return {f"batch{b}": measure_latency(fn, example(b), repeats=50, warmup=10, threads=threads)
                 for b in LATENCY_BATCHES}
     return run
-
-
-def _measure_latency() -> Callable:
-    """pet_core.latency.measure_latency when that module exists, else the local equivalent."""
-    if importlib.util.find_spec("pet_core.latency") is not None:
-        return importlib.import_module("pet_core.latency").measure_latency
-    return _local_latency
-
-
-def _local_latency(fn, example, repeats: int = 50, warmup: int = 10, threads: int | None = None) -> dict:
-    """Median and p90 wall-clock ms of ``fn(example)`` after ``warmup`` untimed calls."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        for _ in range(warmup):
-            fn(example)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(example)
-            times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        torch.set_num_threads(old)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
