@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -12,16 +13,8 @@ from pet_core.errors import PetError
 from pet_core.recipe import Recipe, dumps, load, loads, save
 from pet_core.steps import (EXCLUSIVE, STEPS, LayerSpec, Prune, Quantize, Share, describe_steps, resolve)
 
-EXAMPLE = """\
-pet_recipe: 1
-model: lenet_300_100
-dataset: digits
-default:
-  prune:    {method: magnitude, scope: global, sparsity: 0.9}
-  quantize: {bits: 4, scheme: symmetric, granularity: per_channel}
-layers:
-  "fc3": {prune: {sparsity: 0.5}, quantize: {bits: 8}}
-"""
+# The issue's example recipe, as shipped.
+EXAMPLE = (Path(__file__).resolve().parents[1] / "assets" / "recipes" / "example.yaml").read_text()
 
 LENET_LAYERS = ["fc1", "fc2", "fc3"]
 
