@@ -136,3 +136,9 @@ def pretrained(
     _atomic_write(weights, lambda tmp: save_file(state, tmp))
     _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
     return model.eval(), {**info, "cached": False, "path": str(weights)}
+
+
+def is_cached(name: str, ds: Dataset, *, seed: int = 0) -> bool:
+    """Whether ``name`` for ``ds`` is in the model cache (loading it will not train)."""
+    stem = _cache_stem(name, ds, seed)
+    return (cache_dir() / f"{stem}.safetensors").is_file() and (cache_dir() / f"{stem}.json").is_file()
