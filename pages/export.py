@@ -1,21 +1,27 @@
-"""Export: the recipe, the compressed weights, a report and the CLI command; load a recipe back."""
+"""Export a run: its recipe, its weights, a report, the CLI command and measured artifacts.
+
+Any run of the ledger can be exported — the baseline, a compressed configuration, a fine-tuned run —
+and what is built is exactly that run (``pet_core.runs.open_run``): its measured accuracy equals the
+run's, and the recipe written reproduces it.
+"""
 
 import io
-import tempfile
-from pathlib import Path
 
 import pandas as pd
-
 import streamlit as st
 from safetensors.torch import save
 
 from pet_core.errors import PetError
 from pet_core.export.artifacts import FORMATS, make_artifact
-from pet_core.physical import physical_workbench
 from pet_core.figures import pareto_figure, sparsity_bars
-from pet_core.recipe import dumps, loads
+from pet_core.physical import physical_workbench
+from pet_core.recipe import Recipe, dumps, loads
 from pet_core.report import cli_command, html_report
+from pet_core.runs import open_run
+from pet_core.steps import resolve
 from studio import state
+from studio.pareto_view import run_points
+from studio.session_files import session_dir
 
 ss = st.session_state
 FORMAT_LABELS = {"packed": "packed (our format, as small as accounted)", "onnx": "ONNX fp32",
@@ -30,14 +36,47 @@ def artifact_row(a: dict, accounted: int) -> dict:
     return {"artifact": a.get("label", a["format"]), "file bytes (measured)": a["size_bytes"],
             "accounted bytes": accounted, "accuracy (measured)": a["accuracy"],
             "latency batch 1 (ms)": lat.get("batch1"), "latency batch 64 (ms)": lat.get("batch64")}
+
+
+def _opened(run_id: int):
+    """The run rebuilt, once per session and run: a private workbench, so exports never touch shared models."""
+    cached = ss.get("x_opened")
+    if cached is None or cached[0] != run_id:
+        with st.spinner(f"Rebuilding run #{run_id}…"):
+            cached = ss["x_opened"] = (run_id, open_run(state.ledger(), run_id))
+    return cached[1]
+
+
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📦 Export")
 report = state.evaluate()
-wb = state.workbench()
-if report is None or wb is None:
+if report is None:
     st.stop()
-recipe = state.recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"])
-stem = f"{recipe.model.rsplit('.', 1)[0]}-{recipe.dataset}".replace("/", "_")
+runs = [r for r in state.runs() if r["kind"] != "export" and r["status"] in ("done", "stopped")]
+ids = [r["id"] for r in runs]
+by_id = {r["id"]: r for r in runs}
+wanted = ss.pop("export_run", None) or report.get("run_id")
+if wanted in ids and ss.get("x_run") != wanted:
+    ss["x_run"] = wanted
+run_id = st.selectbox("Run to export", ids, key="x_run",
+                      format_func=lambda i: f"#{i} · {by_id[i]['kind']} · {by_id[i]['label'] or 'baseline'} · "
+                                            f"{by_id[i]['metrics'].get('accuracy', 0):.2%} · "
+                                            f"{by_id[i]['metrics'].get('size_bytes', 0):,} B")
+if run_id is None:
+    st.stop()
+run = by_id[run_id]
+try:
+    base, wb = _opened(run_id)
+except PetError as exc:
+    st.error(f"Run #{run_id} cannot be rebuilt:")
+    st.code(str(exc), language=None, wrap_lines=True)
+    st.stop()
+recipe = Recipe.from_dict(run["recipe"]) if run["recipe"] else Recipe(model=run["model"], dataset=run["dataset"])
+stem = f"{recipe.model.rsplit('/', 1)[-1].rsplit('.', 1)[0]}-{recipe.dataset.rsplit('/', 1)[-1]}-run{run_id}"
+m = run["metrics"]
+st.caption(f"Run #{run_id} ({run['kind']}, {run['status']}, by {run['owner']}): accuracy {m.get('accuracy', 0):.2%} "
+           f"measured, {m.get('size_bytes', 0):,} B accounted. Lineage: "
+           + " → ".join(f"#{r['id']} {r['kind']}" for r in state.ledger().lineage(run_id)))
 
 st.subheader("Recipe")
 c1, c2 = st.columns(2)
@@ -45,20 +84,21 @@ c1.download_button("⬇️ Recipe (YAML)", dumps(recipe, "yaml"), f"{stem}.yaml"
 c2.download_button("⬇️ Recipe (JSON)", dumps(recipe, "json"), f"{stem}.json", "application/json")
 st.code(dumps(recipe, "yaml"), language="yaml")
 command = cli_command(recipe, f"{stem}.yaml", ss["source"].get("data_dir"))
-st.markdown("Reproduce these numbers headless:")
-st.code(command, language="bash")
-st.markdown(f"Share these settings as a link: [open]({state.share_link()})")
+st.markdown("Reproduce these numbers headless, or export exactly this run's weights:")
+st.code(f"{command}\npython -m pet_core export --run {run_id} --format packed --out {stem}.petz", language="bash")
 
-st.subheader("Compressed model and report")
+st.subheader("Weights and report")
 weights = save({k: v.contiguous() for k, v in wb.model.state_dict().items()})
-c = report["compressed"]
-st.download_button("⬇️ Compressed weights (safetensors)", weights, f"{stem}.safetensors")
-st.caption(f"This file holds the **decoded** weights (fp32, {len(weights):,} bytes measured): the same numbers "
-           f"as the app, not yet the packed {c['size_bytes']:,} B the accounting reports.")
-figures = [sparsity_bars([r["name"] for r in report["layers"] if r["params"]],
-                         [1 - r["nonzero"] / r["params"] for r in report["layers"] if r["params"]]),
-           pareto_figure(state.runs())]
-st.download_button("⬇️ Report (HTML)", html_report(report, figures, command), f"{stem}-report.html", "text/html")
+st.download_button("⬇️ Run's weights (safetensors)", weights, f"{stem}.safetensors")
+st.caption(f"This file holds the run's **decoded** weights (fp32, {len(weights):,} bytes measured), not yet the "
+           f"packed {m.get('size_bytes', 0):,} B the accounting reports: build the packed file below for that.")
+if run["kind"] != "baseline":
+    layers = wb.report()["layers"]
+    figures = [sparsity_bars([r["name"] for r in layers if r["params"]],
+                             [1 - r["nonzero"] / r["params"] for r in layers if r["params"]]),
+               pareto_figure(run_points(runs))]
+    st.download_button("⬇️ Report (HTML)", html_report(wb.report(), figures, command), f"{stem}-report.html",
+                       "text/html")
 
 st.subheader("Deployable artifacts (measured)")
 st.caption("Each file is written, loaded back and run: its size is the file on disk, its accuracy and latency "
@@ -70,28 +110,34 @@ physical = c2.toggle("Remove pruned channels for real (Torch-Pruning)", key="x_p
 if st.button("🔨 Build and measure", key="x_build"):
     with st.spinner(f"Writing {fmt}, loading it back, timing it…"):
         try:
-            source, label = wb, fmt
+            source, label = wb, f"#{run_id} {fmt}"
             if physical:
                 source, info = physical_workbench(wb)
-                label = f"{fmt}, physically pruned"
+                label = f"{label}, physically pruned"
                 st.info(f"Physically pruned: {info['params_before']:,} → {info['params_after']:,} parameters.")
-            path = Path(tempfile.mkdtemp(prefix="pet_export_")) / f"{stem}{SUFFIX[fmt]}"
-            artifact = make_artifact(fmt, source, state.baseline(), path)
-            ss.setdefault("artifacts", {})[label] = (state.recipe_key_now(), {**artifact, "label": label})
+            path = session_dir() / "exports" / f"{stem}{SUFFIX[fmt]}"
+            artifact = make_artifact(fmt, source, base, path)
+            ss.setdefault("artifacts", {})[label] = (run_id, {**artifact, "label": label})
+            state.ledger().record("export", model=run["model"], model_hash=run["model_hash"], dataset=run["dataset"],
+                                  dataset_hash=run["dataset_hash"], recipe=run["recipe"], parent_id=run_id,
+                                  owner=state.user(), label=label, weights_path=str(path),
+                                  metrics={k: artifact[k] for k in ("format", "size_bytes", "accuracy", "latency_ms")})
         except PetError as exc:
-            st.error(f"{fmt} export failed: {exc}")
-artifacts = {f: a for f, (key, a) in ss.get("artifacts", {}).items() if key == state.recipe_key_now()}
+            st.error(f"{fmt} export failed:")
+            st.code(str(exc), language=None, wrap_lines=True)
+artifacts = {label: a for label, (rid, a) in ss.get("artifacts", {}).items() if rid == run_id}
 if artifacts:
-    st.dataframe(pd.DataFrame([artifact_row(a, c["size_bytes"]) for a in artifacts.values()]),
+    st.dataframe(pd.DataFrame([artifact_row(a, m.get("size_bytes", 0)) for a in artifacts.values()]),
                  hide_index=True, width="stretch")
     for label, a in artifacts.items():
-        data = Path(a["path"]).read_bytes()
+        with open(a["path"], "rb") as f:
+            data = f.read()
         c1, c2 = st.columns([1, 1])
-        c1.download_button(f"⬇️ {label} ({len(data):,} B)", data, Path(a["path"]).name, key=f"dl_{label}")
+        c1.download_button(f"⬇️ {label} ({len(data):,} B)", data, a["path"].rsplit("/", 1)[-1], key=f"dl_{label}")
         if a["format"] == "onnx" and c2.toggle("Open in Netron", key=f"x_netron_{label}"):
             from studio.netron_server import publish
 
-            st.iframe(publish(data, Path(a["path"]).name), height=560)
+            st.iframe(publish(data, a["path"].rsplit("/", 1)[-1]), height=560)
 
 st.subheader("Load a recipe")
 upload = st.file_uploader("Recipe file (.yaml, .yml or .json)", type=["yaml", "yml", "json"])
@@ -100,11 +146,10 @@ if upload is not None and ss.get("recipe_upload_seen") != upload.file_id:
     try:
         text = io.TextIOWrapper(io.BytesIO(upload.getvalue()), encoding="utf-8").read()
         new = loads(text, "json" if upload.name.endswith(".json") else "yaml")
-        from pet_core.steps import resolve
-
-        resolve(new.default, new.layers, wb.names)
+        resolve(new.default, new.layers, state.workbench().names)
         state.set_recipe(new)
-        st.success(f"Loaded {upload.name}; Compress now shows it.")
+        st.success("Loaded the recipe; Compress now shows it.")
         st.rerun()
     except (PetError, UnicodeDecodeError) as exc:
-        st.error(f"{upload.name} was not loaded: {exc}")
+        st.error("The recipe file was not loaded:")
+        st.code(str(exc), language=None, wrap_lines=True)

@@ -1,28 +1,26 @@
-"""Fine-tune: recover accuracy by training the compressed model; live curves; joins the Pareto plot."""
+"""Fine-tune: recover accuracy by training the compressed model in a worker process; live curves.
+
+The run is a row of the ledger (kind "fine-tuned", parent: the compressed configuration it started
+from) with its weights stored, so Pareto shows it and Export builds exactly it. A finished run never
+changes the Compress settings.
+"""
 
 import streamlit as st
 
 from pet_core.errors import PetError
 from pet_core.figures import training_curves
-from pet_core.pareto import run_record
+from pet_core.runs import identity
 from pet_core.training import pick_device
-from studio import state
+from studio import jobs, state
 from studio.controls import finetune_from_controls
-from studio.finetune_jobs import FinetuneJob, JobQueue
-from studio.jobs import JobHandle
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("🏋️ Fine-tune")
 wb = state.workbench()
-if wb is None or state.evaluate() is None:
+report = state.evaluate()
+if wb is None or report is None:
     st.stop()
-
-
-@st.cache_resource
-def job_queue() -> JobQueue:
-    """One queue for the whole server (PET_MAX_JOBS running at once)."""
-    return JobQueue()
 
 
 st.caption(f"Trains a copy of the compressed model (never the baseline) on **{pick_device().type.upper()}**. "
@@ -59,58 +57,81 @@ try:
     recipe = state.recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"],
                                     finetune=finetune_from_controls(ss))
 except PetError as exc:
-    st.error(f"These settings are not valid: {exc}")
+    st.error("These settings are not valid:")
+    st.code(str(exc), language=None, wrap_lines=True)
     st.stop()
 
 handle = ss.get("finetune_job")
-job: FinetuneJob | None = handle.job if handle else None
-running = job is not None and not job.done
+running = handle is not None and not handle.job.done
 b1, b2 = st.columns(2)
-if b1.button("▶️ Start", type="primary", disabled=running):
+if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
     base = state.baseline()
-    job = FinetuneJob(job_queue(), wb, recipe, base.dataset, label=state.summary())
-    ss["finetune_job"] = JobHandle(job_queue().submit(job))
-    st.rerun()
-if b2.button("⏹️ Stop", disabled=not running):
-    job.stop_flag.set()
+    ident = identity(base)
+    source = {"model": ss["source"]["model"], "dataset": ss["source"]["dataset"],
+              "data_dir": ss["source"].get("data_dir"), "arch": base.arch,
+              "trust_code": bool(base.info.get("trusted"))}
+    ledger = state.ledger()
+    run_id = ledger.record("fine-tuned", model=ident["model"], model_hash=ident["model_hash"],
+                           dataset=ident["dataset"], dataset_hash=ident["dataset_hash"], recipe=recipe.to_dict(),
+                           parent_id=report.get("run_id"), status="queued", owner=state.user(),
+                           label=f"fine-tuned: {state.summary()}", extra=ident.get("extra", {}))
+    try:
+        ss["finetune_job"] = jobs.submit("finetune", {
+            "source": source, "recipe": recipe.to_dict(), "ledger_path": str(ledger.path), "run_id": run_id,
+            "owner": state.user()}, label=state.summary())
+        ss["finetune_run"] = run_id
+        st.rerun()
+    except PetError as exc:
+        ledger.update(run_id, status="cancelled", error=str(exc))
+        st.error(str(exc))
+if b2.button("⏹️ Stop", disabled=not running, key="f_stop"):
+    jobs.runner().cancel(handle.job.id)
 
 
 @st.fragment(run_every=1.0 if running else None)
 def live() -> None:
     handle = ss.get("finetune_job")
     if handle is None:
-        st.info("Choose techniques and press Start. A short run on digits takes seconds.")
+        st.info("Choose techniques and press Start. Training runs in a worker process; a short run on digits "
+                "takes seconds.")
         return
     job = handle.job
-    if job.state == "queued":
-        st.info(f"Waiting for a free slot: {job_queue().position(job)} job(s) ahead "
-                f"(the server runs {job_queue().max_jobs} at a time).")
-    last = job.history[-1] if job.history else {}
-    if job.state == "running" and last:
-        eta = job.eta_s()
+    status = job.status()
+    history = status.get("history") or []
+    if status["state"] == "queued":
+        st.info(f"Waiting for a free worker: {jobs.runner().position(job)} job(s) ahead "
+                f"(the server runs {jobs.runner().max_workers} at a time).")
+    last = status.get("progress") or {}
+    if status["state"] == "running" and last.get("steps"):
         st.progress(min(1.0, last["step"] / max(1, last["steps"])),
                     text=f"step {last['step']}/{last['steps']} · {last.get('samples_per_s', 0):,.0f} samples/s · "
-                         f"{last.get('device', '')} · ETA {eta:.0f} s" if eta is not None else "starting…")
-    if job.history:
-        st.plotly_chart(training_curves(job.history), width="stretch")
-    if job.error:
-        st.error(f"Fine-tuning failed: {job.error}. A checkpoint was written; the compressed model is unchanged.")
-    if job.result is not None and ss.get("finetune_seen") is not job:
-        ss["finetune_seen"] = job
-        report = job.result.report
-        state.add_run(run_record(report, "fine-tuned", label=f"fine-tuned: {job.label}"))
-        state.set_recipe(job.recipe)
-        ss["finetuned"] = job.result
-        st.rerun()
-    if job.result is not None:
-        b, c = job.result.report["baseline"], job.result.report["compressed"]
+                         f"{last.get('device', '')} · {status.get('elapsed_s', 0):.0f} s")
+    if history:
+        st.plotly_chart(training_curves(history), width="stretch")
+    run = state.ledger().get(ss["finetune_run"])
+    if job.done and ss.get("finetune_seen") != job.id:
+        ss["finetune_seen"] = job.id
+        st.rerun()    # a full rerun turns the timer off and enables Start
+    if status["state"] in ("failed", "cancelled"):
+        st.error(f"Fine-tuning {status['state']}: the compressed model and the recipe are unchanged.")
+        st.code(str(status.get("error") or status.get("reason") or run.get("error") or ""), language=None,
+                wrap_lines=True)
+    if run["status"] in ("done", "stopped") and run["metrics"].get("accuracy") is not None:
+        c, b = run["metrics"], report["baseline"]
         m = st.columns(4)
         m[0].metric("Accuracy after fine-tuning", f"{c['accuracy']:.2%}",
                     f"{(c['accuracy'] - b['accuracy']) * 100:+.2f} pts vs baseline")
         m[1].metric("Size", f"{c['size_bytes']:,} B", help="accounted bytes of the fine-tuned compressed model")
         m[2].metric("Compression", f"{c['compression_ratio']:.2f}×")
-        m[3].metric("State", job.state)
-        st.caption("The run joined the Pareto plot as 'fine-tuned'; Export now downloads its recipe.")
+        m[3].metric("Run", f"#{run['id']} {run['status']}")
+        if run["status"] == "stopped":
+            st.caption(f"Stopped early ({status.get('reason') or 'on request'}): the weights at that step were "
+                       "re-compressed and recorded; no checkpoint is kept by the app.")
+        st.caption("The run is in the ledger: Pareto shows it, Export builds exactly these weights. "
+                   "Your Compress settings are unchanged.")
+        if st.button("📦 Export this run", key="f_export"):
+            ss["export_run"] = run["id"]
+            st.switch_page("pages/export.py")
 
 
 live()

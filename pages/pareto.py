@@ -1,66 +1,85 @@
-"""Pareto: accuracy against bytes for every run of the session; click a point to load its recipe."""
+"""Pareto: accuracy against bytes for every run of this model and dataset in the ledger.
+
+Runs survive reloads and restarts; lines join a run to the run made from it (lineage). Click a
+point to load its recipe into Compress. Sweeps run as jobs in a worker process.
+"""
 
 import pandas as pd
 import streamlit as st
 
+from pet_core.errors import PetError
 from pet_core.figures import pareto_figure
 from pet_core.recipe import Recipe
-from studio import state
-from studio.jobs import JobHandle, SweepJob
+from studio import jobs, state
+from studio.pareto_view import lineage_edges, run_points
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📈 Pareto")
 wb = state.workbench()
-if wb is None:
+if wb is None or state.evaluate() is None:
     st.stop()
-state.evaluate()
 
-with st.expander("Sweep a grid in the background (sparsity × bits)"):
+with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
     c1, c2 = st.columns(2)
     sparsities = c1.multiselect("Sparsities", [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], default=[0.5, 0.8, 0.9, 0.95])
     bits = c2.multiselect("Bits", [2, 3, 4, 5, 6, 8], default=[2, 4, 8])
     handle = ss.get("sweep")
     running = handle is not None and not handle.job.done
-    if c1.button("▶️ Run sweep", disabled=running or not sparsities or not bits):
+    if c1.button("▶️ Run sweep", disabled=running or not sparsities or not bits, key="p_sweep"):
+        s = ss["source"]
         base = state.baseline()
-        ss["sweep"] = JobHandle(SweepJob(base.model, base.dataset.x_test, base.dataset.y_test,
-                                         state.recipe(), sorted(sparsities), sorted(bits)).start())
-        ss["sweep_source"] = state.source_key()
-        st.rerun()
-    if c2.button("⏹️ Stop sweep", disabled=not running):
-        handle.job.stop_flag.set()
+        source = {"model": s["model"], "dataset": s["dataset"], "data_dir": s.get("data_dir"), "arch": base.arch,
+                  "trust_code": bool(base.info.get("trusted"))}
+        try:
+            ss["sweep"] = jobs.submit("sweep", {"source": source, "recipe": state.recipe().to_dict(),
+                                                "sparsities": sorted(sparsities), "bits": sorted(bits),
+                                                "ledger_path": str(state.ledger().path), "owner": state.user()},
+                                      label=f"sweep {len(sparsities)}×{len(bits)}")
+            st.rerun()
+        except PetError as exc:
+            st.error(str(exc))
+    if c2.button("⏹️ Stop sweep", disabled=not running, key="p_stop"):
+        jobs.runner().cancel(handle.job.id)
+
+c1, c2 = st.columns(2)
+everyone = c1.toggle("Show everyone's runs", key="p_everyone", help=f"you are **{state.user()}**")
+kinds = c2.multiselect("Kinds", ["baseline", "post-training", "sweep", "fine-tuned"],
+                       default=["baseline", "post-training", "sweep", "fine-tuned"], key="p_kinds")
 
 
 @st.fragment(run_every=1.0 if (h := ss.get("sweep")) is not None and not h.job.done else None)
 def chart() -> None:
     handle = ss.get("sweep")
-    if handle is not None and ss.get("sweep_source") == state.source_key():
-        for point in list(handle.job.points):
-            state.add_run(point)
-        job = handle.job
-        if job.error:
-            st.error(f"The sweep stopped: {job.error}")
-        elif not job.done:
-            st.progress(len(job.points) / len(job.grid), text=f"Sweep: {len(job.points)}/{len(job.grid)} points")
-        elif ss.get("sweep_seen") is not job:
-            ss["sweep_seen"] = job
+    if handle is not None:
+        status = handle.job.status()
+        p = status.get("progress") or {}
+        if status["state"] in ("queued", "running"):
+            st.progress(p.get("step", 0) / max(1, p.get("steps", 1)),
+                        text=f"Sweep: {p.get('step', 0)}/{p.get('steps', '?')} points ({status['state']})")
+        elif status["state"] == "failed":
+            st.error("The sweep stopped with an error:")
+            st.code(str(status.get("error")), language=None, wrap_lines=True)
+        if handle.job.done and ss.get("sweep_seen") != handle.job.id:
+            ss["sweep_seen"] = handle.job.id
             st.rerun()   # a full rerun turns the timer off
-    runs = state.runs()
-    event = st.plotly_chart(pareto_figure(runs, ss.get("pareto_selected")), on_select="rerun",
-                            selection_mode="points", key="pareto_chart", width="stretch")
-    points = event.selection.points if event and event.selection else []
-    if points:
-        index = points[0].get("customdata")
+    points = run_points(state.runs(everyone=everyone, kinds=kinds))
+    event = st.plotly_chart(pareto_figure(points, ss.get("pareto_selected"), lineage_edges(points)),
+                            on_select="rerun", selection_mode="points", key="pareto_chart", width="stretch")
+    chosen = event.selection.points if event and event.selection else []
+    if chosen:
+        index = chosen[0].get("customdata")
         index = index[0] if isinstance(index, list) else index
-        if index is not None and index != ss.get("pareto_selected") and index < len(runs):
+        if index is not None and index != ss.get("pareto_selected") and index < len(points):
             ss["pareto_selected"] = index
-            run = runs[index]
-            state.set_recipe(Recipe.from_dict(run["recipe"]) if run["recipe"] else Recipe())
-            st.success(f"Loaded **{run['label']}** into Compress.")
+            run = points[index]
+            recipe = Recipe.from_dict(run["recipe"]) if run["recipe"] else Recipe()
+            state.set_recipe(recipe.replace(finetune={}))
+            st.success(f"Loaded run #{run['id']} into Compress.")
             st.page_link("pages/compress.py", label="Open Compress", icon="🎚️")
-    table = pd.DataFrame([{k: r[k] for k in ("series", "label", "accuracy", "size_bytes", "compression_ratio")}
-                          for r in runs])
+    table = pd.DataFrame([{"run": p["id"], "parent": p["parent_id"], "kind": p["series"], "owner": p["owner"],
+                           "label": p["label"], "accuracy": p["accuracy"], "size_bytes": p["size_bytes"],
+                           "compression_ratio": p["compression_ratio"]} for p in points])
     st.dataframe(table, hide_index=True, width="stretch")
 
 

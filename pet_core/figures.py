@@ -105,12 +105,18 @@ def singular_value_figure(name: str, singular_values: Sequence[float], rank: int
 SERIES_COLORS = {"baseline": "#222222", "post-training": "#3d7dca", "sweep": "#9aa5b1", "fine-tuned": "#e4572e"}
 
 
-def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None) -> go.Figure:
+def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None,
+                  edges: list[tuple[int, int]] | None = None) -> go.Figure:
     """Accuracy against size (log bytes) for every run, the frontier drawn; one trace per series.
 
     Each point's ``customdata`` is its index in ``runs`` so a selection maps back to a run.
+    ``edges`` (parent index, child index) draw lineage: a line from a run to the run made from it.
     """
     fig = go.Figure()
+    for parent, child in edges or []:
+        fig.add_scatter(x=[runs[parent]["size_bytes"], runs[child]["size_bytes"]],
+                        y=[runs[parent]["accuracy"], runs[child]["accuracy"]], mode="lines",
+                        line=dict(color="#999999", width=1), showlegend=False, hoverinfo="skip")
     for series in dict.fromkeys(r["series"] for r in runs):
         idx = [i for i, r in enumerate(runs) if r["series"] == series]
         fig.add_scatter(

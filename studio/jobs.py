@@ -1,63 +1,70 @@
-"""Background jobs: plain threads that never call Streamlit, read by a fragment.
+"""The server's job runner (worker processes) and the link between jobs and browser sessions.
 
-A job stops when asked, and when its session ends: the session holds a ``JobHandle`` whose
-finaliser sets the job's stop flag once Streamlit drops the session state.
+A job belongs to the session that started it. It is cancelled when that session ends: when
+Streamlit drops the session's state (a ``JobHandle`` finaliser) and, on a real server, when the
+session's browser has been gone for ``PET_SESSION_GRACE_S`` seconds (a reaper thread asks the
+runtime). Pages never call the runner's workers' code: they read ``job.status()`` in a fragment.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import weakref
-from typing import Any
 
-from torch import nn
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from pet_core.pareto import run_record
-from pet_core.recipe import Recipe
-from pet_core.workbench import Workbench
+from pet_core.jobs import Job, JobRunner
+
+GRACE_S = float(os.environ.get("PET_SESSION_GRACE_S", "15"))
 
 
-class SweepJob:
-    """Evaluate a grid of sparsity × bits on a private working copy, appending points as it goes."""
+def session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
 
-    def __init__(self, baseline: nn.Module, x, y, base: Recipe, sparsities: list[float], bits: list[int]) -> None:
-        self.grid = [(s, b) for s in sparsities for b in bits]
-        self.points: list[dict[str, Any]] = []
-        self.error: str | None = None
-        self.stop_flag = threading.Event()
-        self._args = (baseline, x, y, base)
-        self.thread = threading.Thread(target=self._run, name="pet-sweep", daemon=True)
 
-    @property
-    def done(self) -> bool:
-        return not self.thread.is_alive()
+@st.cache_resource(show_spinner=False)
+def runner() -> JobRunner:
+    """One runner for the whole server: ``PET_MAX_JOBS`` worker processes (default 1)."""
+    r = JobRunner()
+    threading.Thread(target=_reap, args=(r,), name="pet-job-reaper", daemon=True).start()
+    return r
 
-    def start(self) -> "SweepJob":
-        self.thread.start()
-        return self
 
-    def _run(self) -> None:
-        baseline, x, y, base = self._args
+def _reap(r: JobRunner) -> None:
+    """Cancel the jobs of sessions whose browser is gone (closed tab, expired session)."""
+    gone_since: dict[str, float] = {}
+    while True:
+        time.sleep(2.0)
         try:
-            wb = Workbench(baseline, x, y)
-            for sparsity, bits in self.grid:
-                if self.stop_flag.is_set():
-                    return
-                default = dict(base.default)
-                default["prune"] = {**default.get("prune", {"method": "magnitude", "scope": "global"}),
-                                    "sparsity": sparsity}
-                default["prune"].pop("threshold", None)
-                default.pop("share", None)
-                default["quantize"] = {**default.get("quantize", {}), "bits": bits}
-                wb.apply(base.replace(default=default))
-                self.points.append(run_record(wb.report(), "sweep"))
-        except Exception as exc:  # reported on the page by the fragment
-            self.error = f"{type(exc).__name__}: {exc}"
+            from streamlit.runtime import Runtime
+
+            if not Runtime.exists():
+                continue
+            runtime = Runtime.instance()
+            now = time.monotonic()
+            for owner in r.owners():
+                if runtime.is_active_session(owner):
+                    gone_since.pop(owner, None)
+                elif now - gone_since.setdefault(owner, now) > GRACE_S:
+                    r.cancel_owner(owner)
+                    gone_since.pop(owner, None)
+        except Exception:   # the reaper must never die; it retries in 2 s
+            continue
 
 
 class JobHandle:
-    """Held in session state; when the session ends and it is collected, the job is stopped."""
+    """Held in session state; when Streamlit drops the session's state, the job is cancelled."""
 
-    def __init__(self, job: "SweepJob | Any") -> None:   # anything with a stop_flag Event
+    def __init__(self, job: Job, r: JobRunner) -> None:
         self.job = job
-        weakref.finalize(self, job.stop_flag.set)
+        weakref.finalize(self, r.cancel, job.id)
+
+
+def submit(task: str, kwargs: dict, label: str) -> JobHandle:
+    """Submit ``task`` for this session (PetError when its limit of jobs is reached)."""
+    r = runner()
+    return JobHandle(r.submit(task, kwargs, owner=session_id(), label=label), r)

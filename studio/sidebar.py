@@ -1,13 +1,20 @@
-"""The sidebar every page shares: what is loaded and the current recipe."""
+"""The sidebar every page shares: who you are, what is loaded and the current recipe."""
 
 import streamlit as st
 
 from studio import state
+from studio.text import plain
 
 
 def render(where) -> None:
     """Fill ``where`` (a sidebar container made before the page ran) after the page ran."""
     src = st.session_state["source"]
     with where:
-        st.caption(f"🧠 **{src['model']}** on **{src['dataset']}**")
+        name = st.text_input("👤 Your name", value=state.user(), key="s_user", max_chars=32,
+                             help="your runs are recorded under this name; kept in the page address")
+        if state.clean_user(name) != state.user():
+            st.session_state["user"] = state.clean_user(name)
+            st.query_params["user"] = st.session_state["user"]
+            st.rerun()
+        st.caption(f"🧠 **{plain(src['model'].rsplit('/', 1)[-1], 60)}** on **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}**")
         st.caption(f"📝 {state.summary()}")

@@ -1,8 +1,14 @@
-"""Per-session state: the source (model, dataset), the recipe, the workbench and the runs.
+"""Per-session state: the source (model, dataset), the recipe, the workbench; runs live in the ledger.
 
-The recipe in ``st.session_state`` is the single source of truth. The baseline is cached for
-all sessions (``st.cache_resource``) and never mutated; each session owns its workbench, a
-working copy of that baseline. Every engine error reaches the page as ``st.error``.
+* The recipe in ``st.session_state`` is the single source of truth. Widgets are views of it: their
+  keys carry the recipe's version (``widget_key``), they start from the recipe's values, and a change
+  writes the recipe. Loading a recipe (a link, a file, a Pareto point) bumps the version, so every
+  widget is rebuilt from it. Nothing in the background writes the recipe or a widget.
+* Baselines are shared by all sessions (read-only by contract) behind one lock *per model key*:
+  loading model A never waits for model B. A zoo model that is not in the model cache yet is trained
+  in a worker process (``studio.jobs``) while the page shows its progress.
+* Every configuration evaluated is a run in the ledger (``pet_core.ledger``), owned by the session's
+  user name, so runs survive reloads and restarts and the CLI sees them too.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ import streamlit as st
 
 from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
+from pet_core.ledger import Ledger
 from pet_core.loader import Baseline, is_zoo_name, load_baseline
-from pet_core.pareto import recipe_key, run_record, summarize_recipe
+from pet_core.pareto import recipe_key, summarize_recipe
 from pet_core.recipe import Recipe, from_token, to_token
-from pet_core.size import model_bytes
 from pet_core.steps import resolve
 from pet_core.workbench import Workbench
-from studio.controls import CONTROL_DEFAULTS, FINETUNE_DEFAULTS, controls_from_default, split_layers
+from studio import jobs
+from studio.controls import FINETUNE_DEFAULTS
+from studio.text import plain
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
+LINK_DATASETS = ("digits", "mnist")
 ss = st.session_state
 # What a new session starts with: something visible to move, not "no compression".
 START_RECIPE = Recipe(default={"prune": {"method": "magnitude", "scope": "global", "sparsity": 0.7},
@@ -37,31 +46,57 @@ def default_mnist_dir() -> str:
 
 
 def init() -> None:
-    """Run at the top of every page: defaults, widget persistence, a recipe from the link."""
+    """Run at the top of every page: defaults, the user name, a recipe from the link."""
     ss.setdefault("source", {"model": "lenet_300_100", "dataset": "digits", "data_dir": None})
-    ss.setdefault("table_version", 0)
+    ss.setdefault("recipe_version", 0)
+    if "user" not in ss:
+        ss["user"] = clean_user(st.query_params.get("user", "me"))
     if "recipe" not in ss:
         set_recipe(START_RECIPE)
-    ss.setdefault("runs", {})
-    for key, value in {**CONTROL_DEFAULTS, **FINETUNE_DEFAULTS}.items():
-        # Re-assigning keeps a widget's value when its page is not shown (Streamlit drops it otherwise).
+    for key, value in FINETUNE_DEFAULTS.items():
+        # Fine-tune settings are the page's own, not the recipe's: re-assigning keeps them when the
+        # page is not shown (Streamlit drops a widget's value otherwise).
         ss[key] = ss[key] if key in ss else value
     if not ss.get("_link_read"):
         ss["_link_read"] = True
         token = st.query_params.get("recipe")
         if token:
             try:
-                recipe = from_token(token)
-                if is_zoo_name(recipe.model):
-                    data_dir = default_mnist_dir() if recipe.dataset == "mnist" else None
-                    base = _shared_baseline(recipe.model, recipe.dataset, data_dir)
-                    resolve(recipe.default, recipe.layers, list(compressible_layers(base.model)))
-                    set_source(recipe.model, recipe.dataset, data_dir)
-                set_recipe(recipe)
+                _open_link(token)
             except PetError as exc:
-                ss["_link_error"] = f"The shared link's recipe was not loaded: {exc}"
+                ss["_link_error"] = str(exc)
     if err := ss.pop("_link_error", None):
-        st.error(err)
+        st.error("The shared link's recipe was not loaded:")
+        st.code(err, language=None, wrap_lines=True)   # text from a link is data, never markup
+
+
+def _open_link(token: str) -> None:
+    """A link names a zoo model and digits or mnist, never a path on the server."""
+    recipe = from_token(token)
+    if not is_zoo_name(recipe.model) or recipe.dataset not in LINK_DATASETS:
+        raise PetError(f"a link can name a zoo model and {' or '.join(LINK_DATASETS)} only, "
+                       f"not {plain(recipe.model)[:80]!r} on {plain(recipe.dataset)[:80]!r}")
+    data_dir = default_mnist_dir() if recipe.dataset == "mnist" else None
+    if recipe.dataset == "mnist" and not data_dir:
+        raise PetError("the link asks for MNIST, which this server does not have")
+    base = shared_baseline(recipe.model, recipe.dataset, data_dir)
+    if base is not None:
+        resolve(recipe.default, recipe.layers, list(compressible_layers(base.model)))
+    set_source(recipe.model, recipe.dataset, data_dir)
+    set_recipe(recipe)
+
+
+def clean_user(name: Any) -> str:
+    """A user name: letters, digits, ``-_.``, at most 32 characters; "me" when empty."""
+    text = "".join(ch for ch in str(name) if ch.isalnum() or ch in "-_.")[:32]
+    return text or "me"
+
+
+def user() -> str:
+    return ss.get("user", "me")
+
+
+# --- source and baseline ----------------------------------------------------------------------
 
 
 def source_key() -> str:
@@ -74,69 +109,108 @@ def set_source(model: str, dataset: str, data_dir: str | None = None) -> None:
 
 
 def switch_zoo_source(model: str, dataset: str, data_dir: str | None = None) -> bool:
-    """Load a zoo model on a dataset; switch to it only if that works (else show why, keep the old one)."""
-    bar, update = _training_progress()
+    """Switch to a zoo model on a dataset; a bad dataset is an error that keeps the old source."""
     try:
-        _shared_baseline(model, dataset, data_dir or None, _progress=update)
+        shared_baseline(model, dataset, data_dir or None, train=False)
     except PetError as exc:
-        st.error(f"Could not load {model} on {dataset}: {exc}")
+        st.error(f"Could not load {model} on {dataset}:")
+        st.code(str(exc), language=None, wrap_lines=True)
         return False
-    finally:
-        bar.empty()
     ss.pop("user_baseline", None)
     set_source(model, dataset, data_dir)
     return True
 
 
 @st.cache_resource(show_spinner=False)
-def _baseline_store() -> tuple[dict, threading.Lock]:
-    """Baselines shared by all sessions, read-only by contract, with the lock that fills it."""
-    return {}, threading.Lock()
+def _baseline_store() -> tuple[dict, dict, threading.Lock]:
+    """Baselines shared by all sessions (read-only by contract), a lock per key, and the lock of that dict."""
+    return {}, {}, threading.Lock()
 
 
 MAX_SHARED_BASELINES = 8
 
 
-def _shared_baseline(model: str, dataset: str, data_dir: str | None, _progress=None) -> Baseline:
-    """One baseline per (model, dataset) for all sessions; trains (once) on first use.
+def shared_baseline(model: str, dataset: str, data_dir: str | None, *, train: bool = True) -> Baseline | None:
+    """The shared baseline of a zoo model on a dataset; None while a worker trains it on first use.
 
-    Not ``st.cache_resource`` itself: the progress bar drawn while training must not be replayed.
+    With ``train=False`` only the dataset is checked (a bad MNIST folder raises PetError).
     """
-    store, lock = _baseline_store()
+    from pet_core.pretrained import is_cached
+    from pet_core.data import load_dataset
+    from pet_core.zoo import adapt_dataset
+
+    store, locks, guard = _baseline_store()
     key = (model, dataset, data_dir)
-    with lock:
-        if key not in store:
-            store[key] = load_baseline(model, dataset, data_dir, progress=_progress)
+    with guard:
+        lock = locks.setdefault(key, threading.Lock())
+    with lock:                                   # only this key waits: other models load meanwhile
+        if key in store:
+            return store[key]
+        ds = adapt_dataset(load_dataset(dataset, data_dir), model)
+        if not is_cached(model, ds):
+            if train:
+                _start_pretraining(model, dataset, data_dir)
+            return None
+        base = load_baseline(model, dataset, data_dir)
+        with guard:
+            store[key] = base
             while len(store) > MAX_SHARED_BASELINES:
                 store.pop(next(iter(store)))
-        return store[key]
+        return base
 
 
-def _training_progress():
-    bar = st.progress(0.0, text="Preparing the model…")
+def _start_pretraining(model: str, dataset: str, data_dir: str | None) -> None:
+    """Train a zoo model in a worker process (once per session and key)."""
+    handle = ss.get("pretrain_job")
+    if handle is not None and handle.job.kwargs["source"] == {"model": model, "dataset": dataset,
+                                                              "data_dir": data_dir} and not handle.job.done:
+        return
+    ss["pretrain_job"] = jobs.submit("pretrain", {"source": {"model": model, "dataset": dataset, "data_dir": data_dir}},
+                                     label=f"{model} on {dataset}")
 
-    def update(event: dict[str, Any]) -> None:
-        if "epoch" in event and event.get("epochs"):
-            done = (event["epoch"] - 1 + event.get("step", 0) / max(1, event.get("steps", 1))) / event["epochs"]
-            bar.progress(min(1.0, done), text=f"Training on first use: epoch {event['epoch']}/{event['epochs']}")
 
-    return bar, update
+def _show_pretraining() -> None:
+    """Progress of the first-use training; reruns the page when the model is ready."""
+    @st.fragment(run_every=1.0)
+    def progress() -> None:
+        handle = ss.get("pretrain_job")
+        if handle is None:
+            return
+        status = handle.job.status()
+        p = status.get("progress") or {}
+        if status["state"] in ("queued",):
+            st.info(f"⏳ Training {handle.job.label} on first use: waiting for a free worker…")
+        elif status["state"] == "running":
+            done = 0.0
+            if p.get("epochs"):
+                done = (p["epoch"] - 1 + p.get("step", 0) / max(1, p.get("steps", 1))) / p["epochs"]
+            st.progress(min(1.0, done), text=f"Training {handle.job.label} on first use (in a worker process): "
+                                             f"epoch {p.get('epoch', 0)}/{p.get('epochs', '?')}")
+        elif status["state"] == "done":
+            ss.pop("pretrain_job", None)
+            st.rerun()
+        else:
+            st.error(f"Training {handle.job.label} did not finish ({status['state']}):")
+            st.code(str(status.get("error") or status.get("reason") or ""), language=None, wrap_lines=True)
+
+    progress()
 
 
 def baseline() -> Baseline | None:
-    """The session's baseline, training a zoo model on first use (with a progress bar)."""
+    """The session's baseline; None (with a message) while it trains or when it cannot be loaded."""
     s = ss["source"]
-    user = ss.get("user_baseline")
-    if user is not None and s["model"] == user.model_name:
-        return user
-    bar, update = _training_progress()
+    user_base = ss.get("user_baseline")
+    if user_base is not None and s["model"] == user_base.model_name:
+        return user_base
     try:
-        return _shared_baseline(s["model"], s["dataset"], s.get("data_dir"), _progress=update)
+        base = shared_baseline(s["model"], s["dataset"], s.get("data_dir"))
     except PetError as exc:
-        st.error(f"Could not load {s['model']} on {s['dataset']}: {exc}")
+        st.error(f"Could not load {s['model']} on {s['dataset']}:")
+        st.code(str(exc), language=None, wrap_lines=True)
         return None
-    finally:
-        bar.empty()
+    if base is None:
+        _show_pretraining()
+    return base
 
 
 def workbench() -> Workbench | None:
@@ -152,31 +226,61 @@ def workbench() -> Workbench | None:
     return wb
 
 
+# --- the recipe ---------------------------------------------------------------------------------
+
+
 def recipe() -> Recipe:
     return ss["recipe"]
 
 
 def set_recipe(new: Recipe) -> None:
-    """Make ``new`` the session's recipe and fill the widgets from it."""
+    """Load ``new`` as the session's recipe: every widget is rebuilt from it (new version)."""
     ss["recipe"] = new
-    for key, value in controls_from_default(new.default).items():
-        ss[key] = value
-    ss["table_version"] = ss.get("table_version", 0) + 1   # a fresh per-layer table, built from the recipe
+    ss["recipe_version"] = ss.get("recipe_version", 0) + 1
 
 
-def layer_split(wb: Workbench) -> tuple[dict, dict]:
-    """The recipe's overrides split into (table rows, advanced overrides)."""
-    return split_layers(recipe().layers, wb.names)
+def write_recipe(new: Recipe) -> None:
+    """A widget changed the recipe: keep the widgets (same version), store the new recipe."""
+    ss["recipe"] = new
 
 
-def evaluate(series: str = "post-training") -> dict[str, Any] | None:
-    """Apply the session's recipe and return the report; the run joins the session's runs."""
+def widget_key(name: str) -> str:
+    """The key of a recipe widget for the current recipe version."""
+    return f"{name}@{ss['recipe_version']}"
+
+
+def summary() -> str:
+    return summarize_recipe(recipe().to_dict())
+
+
+def share_link() -> str:
+    return f"?recipe={to_token(recipe().replace(model=ss['source']['model'], dataset=ss['source']['dataset']))}"
+
+
+def recipe_key_now() -> str:
+    """Identifies the session's model, dataset and recipe: artifacts built for another are stale."""
+    return source_key() + recipe_key(recipe().to_dict())
+
+
+# --- runs (the ledger) ----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def ledger() -> Ledger:
+    """The workspace's run ledger, shared by all sessions (each call opens its own connection)."""
+    return Ledger()
+
+
+def evaluate() -> dict[str, Any] | None:
+    """Apply the session's recipe and return the report; the configuration is recorded as a run."""
+    from pet_core.runs import record_evaluation
+
     wb = workbench()
     if wb is None:
         return None
     # Post-training numbers: the finetune section does not change them.
     r = recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"], finetune={})
-    key = recipe_key(r.to_dict())
+    key = (source_key(), recipe_key(r.to_dict()), user())
     cached = ss.get("report")
     if cached is not None and cached[0] == key and cached[1] is wb:
         return cached[2]
@@ -186,48 +290,29 @@ def evaluate(series: str = "post-training") -> dict[str, Any] | None:
         st.error(str(exc))
         return None
     report = wb.report()
+    try:
+        report["run_id"] = record_evaluation(ledger(), baseline(), report, owner=user())
+    except PetError as exc:   # the numbers still show; say why they were not kept
+        st.warning(f"This configuration was not recorded in the run ledger: {exc}")
     ss["report"] = (key, wb, report)
-    add_run(run_record(report, series))
     return report
 
 
-def recipe_key_now() -> str:
-    """Identifies the session's model, dataset and recipe: artifacts built for another are stale."""
-    return source_key() + recipe_key(recipe().to_dict())
+def source_identity() -> dict[str, Any] | None:
+    from pet_core.runs import identity
+
+    base = baseline()
+    return None if base is None else identity(base)
 
 
-def runs() -> list[dict[str, Any]]:
-    """This source's runs, the baseline first."""
-    wb = workbench()
-    bucket = ss["runs"].setdefault(source_key(), [])
-    if wb is not None and not any(r["series"] == "baseline" for r in bucket):
-        bucket.insert(0, {"series": "baseline", "label": "baseline (dense fp32)", "recipe": None,
-                          "accuracy": wb.baseline_accuracy, "size_bytes": model_bytes(wb.baseline),
-                          "compression_ratio": 1.0, "weight_sparsity": 0.0})
-    return bucket
-
-
-def add_run(run: dict[str, Any]) -> None:
-    bucket = ss["runs"].setdefault(source_key(), [])
-    key = recipe_key(run["recipe"])
-    for i, old in enumerate(bucket):
-        if old["recipe"] is not None and recipe_key(old["recipe"]) == key and old["series"] == run["series"]:
-            bucket[i] = run
-            return
-    bucket.append(run)
-
-
-def share_link() -> str:
-    return f"?recipe={to_token(recipe().replace(model=ss['source']['model'], dataset=ss['source']['dataset']))}"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def summary() -> str:
-    return summarize_recipe(recipe().to_dict())
+def runs(everyone: bool = False, kinds: list[str] | None = None) -> list[dict[str, Any]]:
+    """This source's runs from the ledger (this user's, or everyone's), baseline first."""
+    ident = source_identity()
+    if ident is None:
+        return []
+    rows = ledger().runs(model_hash=ident["model_hash"], dataset_hash=ident["dataset_hash"],
+                         owner=None if everyone else None, kinds=kinds)
+    if not everyone:
+        rows = [r for r in rows if r["kind"] == "baseline" or r["owner"] == user()]
+    rows.sort(key=lambda r: (r["kind"] != "baseline", r["id"]))
+    return rows
