@@ -55,8 +55,10 @@ if report is None:
 runs = [r for r in state.runs() if r["kind"] != "export" and r["status"] in ("done", "stopped")]
 ids = [r["id"] for r in runs]
 by_id = {r["id"]: r for r in runs}
-wanted = ss.pop("export_run", None) or report.get("run_id")
-if wanted in ids and ss.get("x_run") != wanted:
+wanted = ss.pop("export_run", None)            # "Export this run" on another page
+if wanted is None and ss.get("x_run") not in ids:
+    wanted = report.get("run_id")               # else: the configuration on Compress
+if wanted in ids:
     ss["x_run"] = wanted
 run_id = st.selectbox("Run to export", ids, key="x_run",
                       format_func=lambda i: f"#{i} · {by_id[i]['kind']} · {by_id[i]['label'] or 'baseline'} · "

@@ -21,6 +21,21 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/model.py", "pages/weights.py", "pages/compress.py", "pages/pareto.py", "pages/export.py"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _workspace_and_models(tmp_path_factory):
+    """A fresh run ledger for this module, and the default zoo model trained before any page asks."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PET_WORKSPACE", str(tmp_path_factory.mktemp("workspace")))
+    base = load_baseline("lenet_300_100", "digits")
+    yield base
+    mp.undo()
+
+
+def key(at: AppTest, name: str) -> str:
+    """A recipe widget's key for the app's current recipe version."""
+    return f"{name}@{at.session_state['recipe_version']}"
+
+
 def new_app(**query) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=300)
     for k, v in query.items():
@@ -68,17 +83,17 @@ def test_every_page_renders_without_exception(app):
 ])
 def test_compress_numbers_equal_the_engine(app, controls):
     app.switch_page("pages/compress.py").run()
-    for key, value in controls.items():   # set in order: later widgets appear once earlier ones are set
+    for name, value in controls.items():   # set in order: later widgets appear once earlier ones are set
         widget = app.get("slider") + app.get("select_slider") + app.get("selectbox") + app.get("radio") + \
             app.get("number_input")
-        matches = [w for w in widget if w.key == key]
-        assert matches, f"no widget {key} on the page"
+        matches = [w for w in widget if w.key == key(app, name)]
+        assert matches, f"no widget {name} on the page"
         matches[0].set_value(value)
         app.run()
     assert_clean(app)
     recipe = app.session_state["recipe"]
-    for key, value in controls.items():
-        assert app.session_state[key] == value
+    for name, value in controls.items():
+        assert app.session_state[key(app, name)] == value
     accuracy, size = engine_numbers(recipe)
     shown = metrics(app)
     assert shown["Accuracy"] == accuracy
@@ -87,42 +102,106 @@ def test_compress_numbers_equal_the_engine(app, controls):
 
 def test_slider_changes_accuracy_and_bytes(app):
     app.switch_page("pages/compress.py").run()
-    app.selectbox(key="c_prune_method").set_value("magnitude").run()
-    app.radio(key="c_coding").set_value("quantize").run()
-    app.slider(key="c_sparsity").set_value(0.5).run()
+    app.selectbox(key=key(app, "c_prune_method")).set_value("magnitude").run()
+    app.radio(key=key(app, "c_coding")).set_value("quantize").run()
+    app.slider(key=key(app, "c_sparsity")).set_value(0.5).run()
     before = metrics(app)
-    app.slider(key="c_sparsity").set_value(0.95).run()
+    app.slider(key=key(app, "c_sparsity")).set_value(0.95).run()
     after = metrics(app)
     assert before["Size"] != after["Size"] and before["Weight sparsity"] != after["Weight sparsity"]
     assert app.session_state["recipe"].default["prune"]["sparsity"] == 0.95
 
 
-def test_runs_join_the_pareto_list_and_settings_persist_across_pages(app):
+def ledger_runs(**filters) -> list[dict]:
+    from pet_core.ledger import Ledger
+
+    return Ledger().runs(**filters)
+
+
+def test_runs_join_the_ledger_and_settings_persist_across_pages(app):
     app.switch_page("pages/compress.py").run()
-    app.slider(key="c_sparsity").set_value(0.6).run()
+    app.slider(key=key(app, "c_sparsity")).set_value(0.6).run()
     app.switch_page("pages/pareto.py").run()
     assert_clean(app)
-    runs = next(iter(app.session_state["runs"].values()))
-    assert runs[0]["series"] == "baseline"
+    runs = ledger_runs()
+    assert runs[0]["kind"] == "baseline"
     assert any(r["recipe"] and r["recipe"]["default"].get("prune", {}).get("sparsity") == 0.6 for r in runs)
+    table = app.dataframe[-1].value
+    assert set(r["id"] for r in runs if r["kind"] in ("baseline", "post-training")) <= set(table["run"])
     app.switch_page("pages/weights.py").run()
     app.switch_page("pages/compress.py").run()
-    assert app.slider(key="c_sparsity").value == 0.6
+    assert app.slider(key=key(app, "c_sparsity")).value == 0.6
 
 
-def test_sweep_runs_in_the_background_and_adds_points():
+def wait_for(job, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.done, f"job {job.id} still {job.status()['state']} after {limit_s} s"
+
+
+def test_sweep_runs_in_a_worker_and_adds_points():
     at = new_app()
     at.switch_page("pages/pareto.py").run()
     at.multiselect[0].set_value([0.5, 0.9])
     at.multiselect[1].set_value([4, 8])
-    at.button[0].click().run()   # "Run sweep"
+    at.button(key="p_sweep").click().run()
     job = at.session_state["sweep"].job
-    job.thread.join(timeout=120)
-    assert job.done and job.error is None and len(job.points) == 4
+    wait_for(job)
+    assert job.status()["state"] == "done", job.status()
+    assert job.status()["result"]["points"] == 4
     at.run()
     assert_clean(at)
-    runs = next(iter(at.session_state["runs"].values()))
-    assert sum(r["series"] == "sweep" for r in runs) == 4
+    sweep = ledger_runs(kinds=["sweep"])
+    assert {(r["recipe"]["default"]["prune"]["sparsity"], r["recipe"]["default"]["quantize"]["bits"])
+            for r in sweep} >= {(0.5, 4), (0.5, 8), (0.9, 4), (0.9, 8)}
+    assert all(r["metrics"]["accuracy"] == engine_numbers_raw(Recipe.from_dict(r["recipe"]))["accuracy"]
+               for r in sweep[:2])
+
+
+def engine_numbers_raw(recipe: Recipe) -> dict:
+    base = load_baseline(recipe.model, recipe.dataset)
+    wb = Workbench(base.model, base.dataset.x_test, base.dataset.y_test)
+    wb.apply(recipe)
+    return wb.report()["compressed"]
+
+
+def test_finetune_never_changes_compress_and_exports_the_finetuned_run():
+    """88%/int4 → fine-tune to done → Compress still 88%/int4; Export builds the fine-tuned weights."""
+    at = new_app()
+    at.switch_page("pages/compress.py").run()
+    at.slider(key=key(at, "c_sparsity")).set_value(0.88).run()
+    at.select_slider(key=key(at, "c_bits")).set_value(4).run()
+    before = at.session_state["recipe"].to_dict()
+    at.switch_page("pages/finetune.py").run()
+    at.number_input(key="f_epochs").set_value(1.0).run()
+    at.button(key="f_start").click().run()
+    assert_clean(at)
+    job = at.session_state["finetune_job"].job
+    wait_for(job)
+    for _ in range(3):      # the fragment notices the end and reruns the page
+        at.run()
+    assert_clean(at)
+    run_id = at.session_state["finetune_run"]
+    run = ledger_runs(kinds=["fine-tuned"])[-1]
+    assert run["id"] == run_id and run["status"] == "done", run
+    assert metrics(at)["Accuracy after fine-tuning"] == f"{run['metrics']['accuracy']:.2%}"
+    at.switch_page("pages/compress.py").run()
+    assert at.session_state["recipe"].to_dict() == before
+    assert at.slider(key=key(at, "c_sparsity")).value == 0.88
+    assert at.select_slider(key=key(at, "c_bits")).value == 4
+    at.session_state["export_run"] = run_id
+    at.switch_page("pages/export.py").run()
+    assert at.selectbox(key="x_run").value == run_id
+    at.selectbox(key="x_format").set_value("packed").run()
+    at.button(key="x_build").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    artifact = next(a for rid, a in at.session_state["artifacts"].values() if rid == run_id)
+    assert artifact["accuracy"] == run["metrics"]["accuracy"]
+    yaml_text = next(c.value for c in at.code if "finetune:" in c.value)
+    assert Recipe.from_dict(run["recipe"]).to_dict()["default"] == before["default"]
+    assert "sparsity: 0.88" in yaml_text and "bits: 4" in yaml_text
 
 
 def test_shared_link_opens_the_recipe():
@@ -132,12 +211,8 @@ def test_shared_link_opens_the_recipe():
     assert_clean(at)
     assert at.session_state["recipe"].to_dict() == recipe.to_dict()
     at.switch_page("pages/compress.py").run()
-    assert app_slider_value(at) == 0.8
+    assert at.slider(key=key(at, "c_sparsity")).value == 0.8
     assert metrics(at)["Accuracy"] == engine_numbers(recipe)[0]
-
-
-def app_slider_value(at: AppTest) -> float:
-    return at.slider(key="c_sparsity").value
 
 
 @pytest.mark.parametrize("token, message", [
@@ -147,7 +222,8 @@ def app_slider_value(at: AppTest) -> float:
 def test_bad_link_shows_an_error_and_the_app_keeps_working(token, message):
     at = new_app(recipe=token)
     assert_clean(at)
-    assert any(message in e.value for e in at.error)
+    assert any("link" in e.value for e in at.error)
+    assert any(message in c.value for c in at.code)
     assert "Accuracy" in metrics(at)   # the default recipe still runs
 
 
@@ -159,7 +235,8 @@ def test_missing_mnist_folder_is_an_error_and_keeps_the_settings(tmp_path):
     at.text_input(key="m_data_dir").set_value(str(tmp_path / "nope"))
     at.button[0].click().run()   # the form's "Load"
     assert_clean(at)
-    assert any("MNIST" in e.value or "nope" in e.value for e in at.error)
+    assert any("Could not load" in e.value for e in at.error)
+    assert any("nope" in c.value or "MNIST" in c.value for c in at.code)
     assert at.session_state["source"]["dataset"] == "digits"
     assert at.session_state["recipe"].to_dict() == before
 
@@ -168,8 +245,8 @@ def test_two_sessions_are_isolated_and_the_shared_baseline_is_not_mutated():
     a, b = new_app(), new_app()
     a.switch_page("pages/compress.py").run()
     b.switch_page("pages/compress.py").run()
-    a.slider(key="c_sparsity").set_value(0.95).run()
-    b.slider(key="c_sparsity").set_value(0.1).run()
+    a.slider(key=key(a, "c_sparsity")).set_value(0.95).run()
+    b.slider(key=key(b, "c_sparsity")).set_value(0.1).run()
     a.run()
     assert a.session_state["workbench"] is not b.session_state["workbench"]
     assert metrics(a)["Size"] != metrics(b)["Size"]
@@ -205,8 +282,9 @@ def test_export_builds_measured_artifacts_including_physically_pruned():
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     table = at.dataframe[-1].value
-    assert list(table["artifact"]) == ["onnx", "torchscript, physically pruned"]
-    artifacts = {label: a for label, (_, a) in at.session_state["artifacts"].items()}
+    run_id = at.selectbox(key="x_run").value
+    assert list(table["artifact"]) == [f"#{run_id} onnx", f"#{run_id} torchscript, physically pruned"]
+    artifacts = {label.split(" ", 1)[1]: a for label, (_, a) in at.session_state["artifacts"].items()}
     for label, a in artifacts.items():
         assert a["size_bytes"] == Path(a["path"]).stat().st_size     # measured on disk
     accounted_accuracy = engine_numbers(recipe)[0]
@@ -214,3 +292,24 @@ def test_export_builds_measured_artifacts_including_physically_pruned():
         assert f"{a['accuracy']:.2%}" == accounted_accuracy
     physical = artifacts["torchscript, physically pruned"]
     assert physical["size_bytes"] < artifacts["onnx"]["size_bytes"] / 1.5
+
+
+@pytest.mark.slow
+def test_finished_finetunes_leave_compress_alone_20_times_in_a_row():
+    """The issue's loop: set 88%/int4 → fine-tune to done → Compress shows 88%/int4, 20 times."""
+    at = new_app()
+    for attempt in range(20):
+        at.switch_page("pages/compress.py").run()
+        at.slider(key=key(at, "c_sparsity")).set_value(0.88).run()
+        at.select_slider(key=key(at, "c_bits")).set_value(4).run()
+        at.switch_page("pages/finetune.py").run()
+        at.number_input(key="f_epochs").set_value(0.1).run()
+        at.button(key="f_start").click().run()
+        wait_for(at.session_state["finetune_job"].job)
+        at.run()
+        at.switch_page("pages/compress.py").run()
+        assert_clean(at)
+        assert at.slider(key=key(at, "c_sparsity")).value == 0.88, attempt
+        assert at.select_slider(key=key(at, "c_bits")).value == 4, attempt
+        assert at.session_state["recipe"].default["prune"]["sparsity"] == 0.88, attempt
+        at.slider(key=key(at, "c_sparsity")).set_value(0.5).run()   # move away, so the next set is a change
