@@ -6,8 +6,11 @@ Bad input exits 2 with one line on stderr. Accuracies are fractions in [0, 1]; s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", help="folder for the checkpoint, the fine-tuned weights, recipe and report")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="with --out: also write the checkpoint every SECONDS while training (default 60)")
+    p.add_argument("--checkpoint-every-steps", type=int, metavar="N",
+                   help="with --out: also write the checkpoint every N steps")
     p = sub.add_parser("export", help="apply a recipe, write a deployable file; measured size, accuracy, latency")
     _common(p)
     p.add_argument("--format", required=True,
@@ -118,14 +125,39 @@ def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[st
             print(f"{event.get('phase', 'train')}: step {event['step']}/{event['steps']} loss {event['loss']:.4f}"
                   + (f" val {acc:.4f}" if acc is not None else ""), file=sys.stderr)
 
-    result = finetune(wb, recipe, baseline.dataset, progress=progress, checkpoint_dir=out, resume=args.resume)
+    stop = threading.Event()
+    with _stop_on_sigterm(stop):
+        result = finetune(wb, recipe, baseline.dataset, progress=progress, stop=stop, checkpoint_dir=out,
+                          resume=args.resume, checkpoint_every_steps=args.checkpoint_every_steps,
+                          checkpoint_every_s=args.checkpoint_every)
     report = result.report
+    if result.stopped:   # only SIGTERM stops a CLI run: say so, and exit 128 + SIGTERM after the report
+        f, ck = report["finetune"], report["finetune"]["checkpoint"]
+        kept = ("no checkpoint kept (run with --out DIR to keep one)" if not ck["written"]
+                else f"checkpoint written to {ck['path']}; " + ("a lottery run cannot resume, start it afresh"
+                                                                 if "lottery" in f["techniques"] else
+                                                                 "resume with --resume"))
+        print(f"SIGTERM: stopped at step {f['steps']}/{f['total_steps']}; {kept}", file=sys.stderr)
+        args.exit_status = 128 + signal.SIGTERM
     if out is not None:
         save_state_dict(result.model, out / "model.safetensors")
         save_recipe(recipe, out / "recipe.yaml")
         report["packed"] = _write_packed(result.workbench, baseline, out / "model.petz")
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(stop: threading.Event):
+    """SIGTERM sets ``stop`` (the run ends at the next step and writes its checkpoint) instead of killing."""
+    if threading.current_thread() is not threading.main_thread():   # handlers live in the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_packed(wb, baseline, path: Path) -> dict[str, Any] | None:
@@ -186,4 +218,4 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
     else:
         _print_text(args.command, out)
-    return 0
+    return getattr(args, "exit_status", 0)

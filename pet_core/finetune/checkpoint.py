@@ -1,13 +1,18 @@
-"""Fine-tuning checkpoints: ``<dir>/finetune.pt``, written on stop and on error, read on resume.
+"""Fine-tuning checkpoints: ``<dir>/finetune.pt``, written periodically, on stop, on error and at the end.
 
 The model's state_dict carries the parametrization originals and buffers (masks, codes), so a
 resumed run rebuilds the same parametrized model and loads it back; batches and the learning rate
-depend only on the step, and the RNG state is restored, so it continues exactly where it stopped.
+depend only on the step, and the RNG state is restored, so it continues exactly where the checkpoint
+was written. A process killed between two periodic writes loses the steps since the last one.
+
+Writes are atomic: the payload goes to a temporary file in the same folder, is flushed to disk, then
+``os.replace``-d over the old checkpoint, so a kill mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,11 @@ def checkpoint_path(directory: str | Path) -> Path:
     return Path(directory) / FILENAME
 
 
+def _cuda_rng() -> list[torch.Tensor] | None:
+    """The CUDA generators' states, when CUDA is in use in this process (asking would start it)."""
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
 def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: RunState,
                     recipe: dict[str, Any]) -> Path:
     """Write the checkpoint atomically (a reader never sees half a file); returns its path."""
@@ -38,10 +48,18 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         "seconds": state.seconds,
         "recipe": recipe,
         "rng": torch.get_rng_state(),
+        "cuda_rng": _cuda_rng(),
     }
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=FILENAME + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())   # on disk before the rename, so a crash cannot leave an empty file in place
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -50,11 +68,23 @@ def load_checkpoint(directory: str | Path, recipe: dict[str, Any]) -> dict[str, 
     path = checkpoint_path(directory)
     if not path.is_file():
         raise PetError(f"finetune: no checkpoint to resume from ({path} not found)")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("recipe") != recipe:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # truncated or not a checkpoint at all
+        raise PetError(f"finetune: the checkpoint {path} cannot be read ({type(exc).__name__}); "
+                       "start afresh without resume") from exc
+    if not isinstance(data, dict) or data.get("recipe") != recipe:
         raise PetError(f"finetune: the checkpoint {path} was written for a different recipe; "
                        "resume with the same recipe or start afresh")
     return data
+
+
+def restore_rng(data: dict[str, Any]) -> None:
+    """Put the generators back as they were when the checkpoint was written."""
+    torch.set_rng_state(data["rng"])
+    cuda = data.get("cuda_rng")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def run_state(data: dict[str, Any]) -> RunState:

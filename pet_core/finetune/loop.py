@@ -19,7 +19,7 @@ from torch import nn
 from pet_core.data import Dataset
 from pet_core.errors import PetError
 from pet_core.finetune.attach import attach, bake, set_mask, weight_parametrization
-from pet_core.finetune.checkpoint import load_checkpoint, run_state, save_checkpoint
+from pet_core.finetune.checkpoint import checkpoint_path, load_checkpoint, restore_rng, run_state, save_checkpoint
 from pet_core.finetune.config import TECHNIQUES, Finetune, parse_finetune
 from pet_core.finetune.distill import distillation_loss
 from pet_core.finetune.lora import add_lora, lora_parameter_count, merge_lora, trainable_parameters
@@ -109,7 +109,9 @@ def baseline_numbers(wb: Workbench) -> dict:
 
 def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
              stop: threading.Event | None = None, checkpoint_dir: str | Path | None = None,
-             resume: bool = False, device: torch.device | None = None) -> FinetuneResult:
+             resume: bool = False, device: torch.device | None = None,
+             checkpoint_every_steps: int | None = None, checkpoint_every_s: float | None = 60.0,
+             ) -> FinetuneResult:
     """Fine-tune ``recipe``'s compressed model on ``dataset``; see the module docstring.
 
     Args:
@@ -118,15 +120,28 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
         dataset: training data (10% of it held out for validation) and the test split.
         progress: called with a dict every ~10 steps and at the end (also appended to the history).
         stop: when set, training stops at the next step, writes a checkpoint and returns (stopped=True).
-        checkpoint_dir: where ``finetune.pt`` is written on stop or error.
+        checkpoint_dir: where ``finetune.pt`` is written: every ``checkpoint_every_steps`` steps and/or
+            every ``checkpoint_every_s`` seconds, on stop, on error, and at the end of training.
         resume: continue from ``checkpoint_dir/finetune.pt`` to the same total steps.
         device: default ``pick_device()``.
+        checkpoint_every_steps: periodic checkpoint after every step that is a multiple of it (None: off).
+        checkpoint_every_s: periodic checkpoint when this many seconds passed since the last (None: off).
+            A lottery run, which cannot be resumed, writes only on stop and error.
+
+    The report's ``finetune.checkpoint`` says what was written: ``{"path", "step", "written"}``.
     """
     cfg = parse_finetune(recipe.finetune)
     tech, notes = techniques_of(cfg)
     device = device or pick_device()
     if resume and checkpoint_dir is None:
         raise PetError("finetune: resume needs a checkpoint_dir")
+    if checkpoint_every_steps is not None and (isinstance(checkpoint_every_steps, bool)
+                                               or not isinstance(checkpoint_every_steps, int)
+                                               or checkpoint_every_steps < 1):
+        raise PetError(f"finetune: checkpoint_every_steps must be a whole number >= 1, "
+                       f"got {checkpoint_every_steps!r}")
+    if checkpoint_every_s is not None and not checkpoint_every_s > 0:
+        raise PetError(f"finetune: checkpoint_every_s must be > 0 seconds, got {checkpoint_every_s!r}")
     ref = reference(wb, recipe)
     torch.manual_seed(cfg.seed)
     data = split(dataset, cfg.seed, device)
@@ -135,9 +150,13 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
         teacher = wb.baseline if device.type == "cpu" else copy.deepcopy(wb.baseline).to(device)
         teacher.eval()
 
+    written: dict = {"path": None if checkpoint_dir is None else str(checkpoint_path(checkpoint_dir)),
+                     "step": None, "written": False}
+
     def checkpoint(model, opt, state):
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, model, opt, state, recipe.to_dict())
+            written.update(step=state.step, written=True)
 
     if "lottery" in tech:
         from pet_core.finetune.lottery import lottery
@@ -149,6 +168,10 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
                         trained=out.trained, device=device)
         result.report["lottery"] = out.rounds
         result.report["finetune"]["notes"] = notes
+        lot = tech["lottery"]
+        result.report["finetune"]["total_steps"] = ((lot.rewind_steps if lot.rewind == "early" else 0)
+                                                    + (lot.rounds + 1) * steps_for(cfg, len(data.y_train)))
+        result.report["finetune"]["checkpoint"] = dict(written)
         return result
 
     if "lora" in tech:      # adapters on the compressed working copy itself
@@ -168,7 +191,8 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
                           masks=attach_masks, fixed_masks="gradual" not in tech)
     l1_layers = [layers[n] for n, s in ref.specs.items() if s.low_rank is None] if "l1" in tech else []
     trainer = Trainer(cfg, data, device, make_loss(tech, teacher, l1_layers), progress=progress, stop=stop,
-                      freeze_norm="lora" in tech)
+                      freeze_norm="lora" in tech, checkpoint_every_steps=checkpoint_every_steps,
+                      checkpoint_every_s=checkpoint_every_s)
     total = steps_for(cfg, len(data.y_train))
     if "gradual" in tech:
         trainer.on_step, _ = gradual_hook(tech["gradual"], ref, layers, masks, trainer.per_epoch, total)
@@ -179,9 +203,11 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
         saved = load_checkpoint(checkpoint_dir, recipe.to_dict())
         model.load_state_dict(saved["model"])
         state, opt_state = run_state(saved), saved["optimizer"]
-        torch.set_rng_state(saved["rng"])
+        restore_rng(saved)
     trained = trainable_parameters(model)
-    state, _ = trainer.run(model, total, state=state, opt_state=opt_state, checkpoint=checkpoint)
+    state, opt = trainer.run(model, total, state=state, opt_state=opt_state, checkpoint=checkpoint)
+    if not state.stopped:   # finished: a later --resume goes straight to the (re)measuring
+        checkpoint(model, opt, state)
     model.to("cpu")
     if "lora" in tech:
         result = finish_lora(wb, recipe, dataset, model, state, tech, attached, trained, device)
@@ -189,6 +215,8 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
         result = finish(wb, ref, recipe, dataset, model, state, tech, attached, keep_masks="l1" not in tech,
                         trained=trained, device=device)
     result.report["finetune"]["notes"] = notes
+    result.report["finetune"]["total_steps"] = total
+    result.report["finetune"]["checkpoint"] = dict(written)
     return result
 
 

@@ -1,7 +1,10 @@
 """The optimisation loop shared by fine-tuning and the lottery rounds: steps, schedule, progress, stop.
 
 Batches are a pure function of (seed, step): epoch ``e`` shuffles with its own seeded generator, so a
-run resumed at step k sees exactly the batches an uninterrupted run would have.
+run resumed at step k, even in the middle of an epoch, sees exactly the batches an uninterrupted run
+would have. The ``checkpoint`` callback is called on stop, on error and, when the trainer is given
+``checkpoint_every_steps`` or ``checkpoint_every_s``, periodically after a step (never at the last
+step: the caller decides what a finished run keeps).
 """
 
 from __future__ import annotations
@@ -102,9 +105,11 @@ class Trainer:
 
     def __init__(self, cfg: Finetune, data: Split, device: torch.device, loss_fn: LossFn, *,
                  progress: Callable[[dict], None] | None = None, stop: threading.Event | None = None,
-                 on_step: Callable[[int], None] | None = None, freeze_norm: bool = False) -> None:
+                 on_step: Callable[[int], None] | None = None, freeze_norm: bool = False,
+                 checkpoint_every_steps: int | None = None, checkpoint_every_s: float | None = None) -> None:
         self.cfg, self.data, self.device, self.loss_fn = cfg, data, device, loss_fn
         self.progress, self.stop, self.on_step, self.freeze_norm = progress, stop, on_step, freeze_norm
+        self.checkpoint_every_steps, self.checkpoint_every_s = checkpoint_every_steps, checkpoint_every_s
         self.n_train = len(data.y_train)
         self.per_epoch = max(1, math.ceil(self.n_train / cfg.batch_size))
         self.eval_every = max(1, self.per_epoch // 4)
@@ -136,7 +141,7 @@ class Trainer:
             opt_state: dict | None = None,
             checkpoint: Callable[[nn.Module, torch.optim.Optimizer, RunState], None] | None = None,
             ) -> tuple[RunState, torch.optim.Optimizer]:
-        """Train from ``state.step`` to ``total``; on stop or error, ``checkpoint`` is called first."""
+        """Train from ``state.step`` to ``total``; ``checkpoint`` is called on stop, on error and when due."""
         with cpu_threads(self.device):
             return self._run(model, total, phase=phase, state=state, opt_state=opt_state, checkpoint=checkpoint)
 
@@ -151,7 +156,12 @@ class Trainer:
             opt.load_state_dict(opt_state)
         self.train_mode(model)
         window = dict(loss=0.0, correct=0, seen=0, start=time.perf_counter())
-        started = time.perf_counter()
+        started = last_written = time.perf_counter()
+        seconds_before = state.seconds
+
+        def clock() -> None:     # state.seconds: this run's time so far plus the time before a resume
+            state.seconds = seconds_before + time.perf_counter() - started
+
         try:
             for step in range(state.step, total):
                 if self.stop is not None and self.stop.is_set():
@@ -177,12 +187,16 @@ class Trainer:
                     state.val_accuracy = self.validate(model)
                 if state.step % REPORT_EVERY == 0 or state.step == total:
                     self._report(state, total, lr, phase, window)
+                if checkpoint is not None and state.step < total and self.checkpoint_due(state.step, last_written):
+                    clock()
+                    checkpoint(model, opt, state)
+                    last_written = time.perf_counter()
         except BaseException:
-            state.seconds += time.perf_counter() - started
+            clock()
             if checkpoint is not None:
                 checkpoint(model, opt, state)
             raise
-        state.seconds += time.perf_counter() - started
+        clock()
         if state.stopped:
             if window["seen"]:
                 self._report(state, total, opt.param_groups[0]["lr"] if params else 0.0, phase, window)
@@ -190,6 +204,13 @@ class Trainer:
                 checkpoint(model, opt, state)
         model.eval()
         return state, opt
+
+    def checkpoint_due(self, step: int, last_written: float) -> bool:
+        """Whether a periodic checkpoint is due after ``step`` (steps on a fixed grid, so a resumed run
+        keeps it; seconds since ``last_written``, a ``time.perf_counter()`` value)."""
+        every_steps, every_s = self.checkpoint_every_steps, self.checkpoint_every_s
+        return ((every_steps is not None and step % every_steps == 0)
+                or (every_s is not None and time.perf_counter() - last_written >= every_s))
 
     def _report(self, state: RunState, total: int, lr: float, phase: str, window: dict) -> None:
         """Append a progress row to the history (and pass it on); then reset the window."""
