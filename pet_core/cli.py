@@ -34,7 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="MNIST folder with the four IDX files (or set PET_MNIST_DIR)")
     p.add_argument("--recipe", help="recipe file (.yaml, .yml or .json)")
     p.add_argument("--arch", help="zoo architecture of a state_dict file (inferred when left out)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow a pickled module (runs code from the file)")
+    p.add_argument("--trust-code", "--allow-pickle", dest="trust_code", action="store_true",
+                   help="allow model files that run their own code when loaded: pickle, TorchScript, torch.export")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -76,7 +77,7 @@ def _context(args: argparse.Namespace):
     model = args.model or recipe.model
     dataset = args.dataset or recipe.dataset
     baseline = load_baseline(model, dataset, args.data_dir, arch=args.arch,
-                             allow_pickle=args.allow_pickle, progress=_progress)
+                             trust_code=args.trust_code, progress=_progress)
     return recipe.replace(model=model, dataset=dataset), baseline
 
 

@@ -1,11 +1,13 @@
 """From "a model and a dataset" as a user names them to a baseline and a workbench.
 
-``model`` is a zoo name (trained on first use, then cached) or a model file (TorchScript, a
-state_dict/safetensors for a zoo architecture, or a pickled module with ``allow_pickle``).
+``model`` is a zoo name (trained on first use, then cached) or a model file (a state_dict/safetensors
+for a zoo architecture, a packed file, or, only with ``trust_code``, TorchScript, torch.export or a
+pickled module).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,32 +31,68 @@ class Baseline:
     dataset: Dataset
     model: nn.Module
     info: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)   # load_baseline's arguments: model, dataset, data_dir, arch
+
+
+RUN_PREFIX = "run:"   # "run:12": the model a run of the ledger produced (continue from a fine-tuned run)
 
 
 def is_zoo_name(model: str) -> bool:
     return model in {m.name for m in list_models()}
 
 
+def is_run_source(model: str) -> bool:
+    return str(model).startswith(RUN_PREFIX)
+
+
+def _load_run_source(model: str, trust_code: bool) -> Baseline:
+    """The model run ``N`` produced (its compressed weights, decoded), on that run's dataset."""
+    import copy
+
+    from pet_core.ledger import Ledger
+    from pet_core.runs import open_run
+
+    try:
+        run_id = int(model[len(RUN_PREFIX):])
+    except ValueError:
+        raise PetError(f"model {model[:40]!r}: a run source is 'run:' followed by a run id, e.g. run:12") from None
+    base, wb = open_run(Ledger(), run_id, trust_code=trust_code)
+    source = {**base.source, "model": model}
+    return Baseline(model, base.arch, base.dataset, copy.deepcopy(wb.model).eval(),
+                    {"kind": "run", "run_id": run_id}, source)
+
+
 def load_baseline(model: str, dataset: str, data_dir: str | None = None, *, arch: str | None = None,
-                  allow_pickle: bool = False, progress: Callable[[dict], None] | None = None) -> Baseline:
-    """Load the dataset, then the zoo model (pretrained, cached) or the model file."""
+                  trust_code: bool = False, progress: Callable[[dict], None] | None = None,
+                  allow_pickle: bool | None = None) -> Baseline:
+    """Load the dataset, then the zoo model (pretrained, cached) or the model file.
+
+    ``trust_code`` lets a model file run its own code (pickle, TorchScript, torch.export);
+    ``allow_pickle`` is its deprecated old name.
+    """
+    if allow_pickle is not None:
+        warnings.warn("allow_pickle is deprecated; use trust_code", DeprecationWarning, stacklevel=2)
+        trust_code = trust_code or allow_pickle
+    if is_run_source(model):
+        return _load_run_source(model, trust_code)
+    source = {"model": model, "dataset": dataset, "data_dir": data_dir, "arch": arch}   # to rebuild it later
     ds = load_dataset(dataset, data_dir)
     if is_zoo_name(model):
         ds = adapt_dataset(ds, model)
         net, info = pretrained(model, ds, progress=progress)
-        return Baseline(model, model, ds, net, {"kind": "zoo", **info})
+        return Baseline(model, model, ds, net, {"kind": "zoo", **info}, source)
     if not Path(model).exists() and not any(sep in model for sep in "/\\.") :
         names = ", ".join(m.name for m in list_models())
         raise PetError(f"model {model!r} is neither a zoo model ({names}) nor an existing file")
     if arch is not None:
         model_info(arch)
         ds = adapt_dataset(ds, arch)
-    net, info = load_model_file(model, ds.input_shape, ds.num_classes, arch=arch, allow_pickle=allow_pickle)
+    net, info = load_model_file(model, ds.input_shape, ds.num_classes, arch=arch, trust_code=trust_code)
     if arch is None and info.get("arch"):
         adapted = adapt_dataset(ds, info["arch"])
         if adapted.input_shape != ds.input_shape:
             ds = adapted
-    return Baseline(model, info.get("arch"), ds, net, info)
+    return Baseline(model, info.get("arch"), ds, net, info, source)
 
 
 def open_workbench(baseline: Baseline) -> Workbench:

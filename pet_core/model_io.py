@@ -1,12 +1,17 @@
-"""Load user model files (TorchScript, state_dict, safetensors, opt-in pickle) and save state_dicts.
+"""Load user model files (state_dict, safetensors, packed; trusted-only code formats) and save state_dicts.
 
-Every problem with the file becomes a one-line :class:`PetError` naming the file.
+Formats that run code from the file when loaded (a pickled module, TorchScript, a ``torch.export``
+program) load only with ``trust_code``; without it they are refused from their zip member names or
+the safe unpickler's refusal, before any of their code is deserialised. Every problem with the file
+becomes a one-line :class:`PetError` naming the file.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,9 +20,21 @@ from torch import nn
 
 from pet_core.errors import PetError
 from pet_core.packed.container import MAGIC as PACKED_MAGIC
+from pet_core.safetensors_header import check_safetensors_header
 from pet_core.zoo import build_model, list_models, model_info
 
-_PICKLE_REFUSED = "holds a pickled module; loading it runs code — opt in with --allow-pickle / the checkbox"
+TRUST_CODE_ENV = "PET_TRUST_CODE"  # the app offers trust only when the server was started with this set to 1
+
+
+def env_trusts_code(environ: dict | None = None) -> bool:
+    """True when the server owner set ``PET_TRUST_CODE=1``: only then may the app offer trust."""
+    return (os.environ if environ is None else environ).get(TRUST_CODE_ENV, "").strip() == "1"
+
+
+def _refused(name: str, what: str) -> PetError:
+    """The one-line refusal of a code-carrying file loaded without trust."""
+    return PetError(f"model file {name} {what}, which runs code from the file when loaded; "
+                    f"refused (start with --trust-code / {TRUST_CODE_ENV}=1 to allow)")
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
@@ -39,13 +56,23 @@ def load_model_file(
     num_classes: int,
     *,
     arch: str | None = None,
-    allow_pickle: bool = False,
+    trust_code: bool = False,
+    allow_pickle: bool | None = None,
 ) -> tuple[nn.Module, dict]:
     """Load a model file for (C,H,W) inputs and ``num_classes`` outputs; returns (model, info).
 
-    info is {"kind": "torchscript"|"state_dict"|"safetensors"|"pickle"|"packed", "arch": str|None, "path": str}.
-    State dicts are matched to a zoo architecture (``arch`` or inferred from keys and shapes).
+    info is {"kind": "torchscript"|"export"|"state_dict"|"safetensors"|"pickle"|"packed", "arch": str|None,
+    "path": str}. State dicts are matched to a zoo architecture (``arch`` or inferred from keys and shapes).
+    ``trust_code`` allows the formats that run code from the file (pickle, TorchScript, torch.export);
+    ``allow_pickle`` is its deprecated old name. A torch.export program contributes its weights, matched
+    to a zoo architecture like a state_dict.
+
+    Raises:
+        PetError: one line naming the file, also when a code-carrying file comes without trust.
     """
+    if allow_pickle is not None:
+        warnings.warn("allow_pickle is deprecated; use trust_code", DeprecationWarning, stacklevel=2)
+        trust_code = trust_code or allow_pickle
     path = Path(path)
     name = path.name
     if not path.is_file():
@@ -63,19 +90,19 @@ def load_model_file(
         _check_forward(model, input_shape, num_classes, name)
         return model.eval().cpu(), {"kind": "packed", "arch": info["model"].get("arch"), "path": str(path)}
     if head[:4] == b"PK\x03\x04":
-        model, kind = _load_zip(path, allow_pickle)
+        model, kind = _load_zip(path, trust_code)
     elif _looks_like_safetensors(head, size) or path.suffix == ".safetensors":
         model, kind = _load_safetensors(path), "safetensors"
     elif head[:1] == b"\x80":  # pickle protocol opcode: legacy (non-zip) torch.save
-        model, kind = _torch_load(path, allow_pickle), "state_dict"
+        model, kind = _torch_load(path, trust_code), "state_dict"
     elif _is_text(head):
         raise PetError(f"model file {name} is a text file, not a PyTorch/safetensors model")
     else:
         raise PetError(f"model file {name} is not a recognised model format (unknown bytes {head[:4].hex()})")
 
-    if isinstance(model, nn.Module):  # includes TorchScript modules
+    if isinstance(model, nn.Module):  # TorchScript, torch.export or unpickled: all trusted by now
         if kind == "state_dict":
-            kind = "pickle"  # a whole module came back from an opted-in torch.load
+            kind = "pickle"  # a whole module came back from a trusted torch.load
         _check_forward(model, input_shape, num_classes, name)
         return model.eval().cpu(), {"kind": kind, "arch": None, "path": str(path)}
 
@@ -106,8 +133,18 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
-def _load_zip(path: Path, allow_pickle: bool):
-    """A zip archive: TorchScript when it has constants.pkl or code/, else a torch.save file."""
+def _zip_kind(names: list[str]) -> str:
+    """"torchscript", "export" or "torch_save", from the member names alone (nothing is unpickled)."""
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith(("/archive_format", "serialized_exported_program.json"))
+           or ("/models/" in n and n.endswith(".json")) for n in names):
+        return "export"
+    return "torch_save"
+
+
+def _load_zip(path: Path, trust_code: bool):
+    """A zip archive: TorchScript, a torch.export program, or a torch.save file."""
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -116,25 +153,35 @@ def _load_zip(path: Path, allow_pickle: bool):
         raise PetError(f"model file {path.name} is truncated or corrupt (zip archive ended early)") from None
     if bad is not None:
         raise PetError(f"model file {path.name} is corrupt (zip member {bad} fails its CRC check)")
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    kind = _zip_kind(names)
+    if kind == "torchscript":
+        if not trust_code:
+            raise _refused(path.name, "is TorchScript")
         try:
             return torch.jit.load(str(path), map_location="cpu"), "torchscript"
         except Exception as e:
             raise PetError(f"model file {path.name} is a broken TorchScript archive: {_first_line(e)}") from None
+    if kind == "export":
+        if not trust_code:
+            raise _refused(path.name, "is a torch.export program")
+        try:  # its weights only: a graph traced for one batch size and no layer modules is no workbench model
+            return {k: v for k, v in torch.export.load(str(path)).state_dict.items()}, "export"
+        except Exception as e:
+            raise PetError(f"model file {path.name} is a broken torch.export archive: {_first_line(e)}") from None
     if not any(n.endswith("data.pkl") for n in names):
         raise PetError(f"model file {path.name} is a zip archive but not a PyTorch model (no data.pkl)")
-    return _torch_load(path, allow_pickle), "state_dict"
+    return _torch_load(path, trust_code), "state_dict"
 
 
-def _torch_load(path: Path, allow_pickle: bool):
-    """torch.load with weights_only, falling back to full unpickling only on opt-in."""
+def _torch_load(path: Path, trust_code: bool):
+    """torch.load with weights_only; full unpickling (which runs code) only with trust."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e).lower() and "weights only" not in str(e).lower():
             raise PetError(f"model file {path.name} is truncated or corrupt ({_first_line(e)})") from None
-        if not allow_pickle:
-            raise PetError(f"model file {path.name} {_PICKLE_REFUSED}") from None
+        if not trust_code:
+            raise _refused(path.name, "holds a pickled module (Python objects, not only tensors)") from None
     except Exception as e:
         raise PetError(f"model file {path.name} is truncated or corrupt ({_first_line(e)})") from None
     try:
@@ -144,9 +191,10 @@ def _torch_load(path: Path, allow_pickle: bool):
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file."""
+    """All tensors of a safetensors file, once its header is checked."""
     from safetensors.torch import load_file
 
+    check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:

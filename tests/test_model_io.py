@@ -1,8 +1,10 @@
-"""Model files: state_dict / safetensors / TorchScript round trips, opt-in pickle, and broken files."""
+"""Model files: state_dict / safetensors / TorchScript round trips, trusted pickle, bounded headers, broken files."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 
 import pytest
 import torch
@@ -63,18 +65,20 @@ def test_torchscript(tmp_path, how):
     ts = torch.jit.script(model) if how == "script" else torch.jit.trace(model, example)
     path = tmp_path / "ts.pt"
     ts.save(str(path))
-    loaded, info = load_model_file(path, SHAPE, 10)
+    loaded, info = load_model_file(path, SHAPE, 10, trust_code=True)
     assert info == {"kind": "torchscript", "arch": None, "path": str(path)}
     assert same_outputs(model, loaded)
 
 
-def test_pickled_module_needs_opt_in(tmp_path):
+def test_pickled_module_needs_trust(tmp_path):
     model = build_model("lenet_300_100", SHAPE, 10)
     path = tmp_path / "whole.pt"
     torch.save(model, path)
     msg = one_line_error(path)
-    assert "whole.pt holds a pickled module" in msg and "--allow-pickle" in msg
-    loaded, info = load_model_file(path, SHAPE, 10, allow_pickle=True)
+    assert "whole.pt holds a pickled module" in msg and "--trust-code" in msg and "PET_TRUST_CODE=1" in msg
+    loaded, info = load_model_file(path, SHAPE, 10, trust_code=True)
+    assert info["kind"] == "pickle" and same_outputs(model, loaded)
+    loaded, info = load_model_file(path, SHAPE, 10, allow_pickle=True)  # the deprecated name still works
     assert info["kind"] == "pickle" and same_outputs(model, loaded)
 
 
@@ -136,4 +140,56 @@ def test_wrong_num_classes_and_wrong_arch(tmp_path):
 def test_torchscript_with_wrong_output_size(tmp_path):
     path = tmp_path / "ts.pt"
     torch.jit.script(build_model("lenet_300_100", SHAPE, 5)).save(str(path))
-    assert "expected (1, 10)" in one_line_error(path)
+    assert "expected (1, 10)" in one_line_error(path, trust_code=True)
+
+
+# --- safetensors headers are bounded and checked before the library parses them --------------------
+
+def _safetensors(path, header: dict, data: bytes, length: int | None = None) -> None:
+    """A hand-made safetensors file: u64 header length, JSON header, data (the format's spec)."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+
+
+def test_hand_made_safetensors_matches_the_library(tmp_path):
+    # the oracle for the cases below: a file written from the spec loads like the library's own
+    path = tmp_path / "hand.safetensors"
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    _safetensors(path, {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}, w.numpy().tobytes())
+    from safetensors.torch import load_file
+
+    from pet_core.model_io import _load_safetensors
+
+    assert torch.equal(load_file(str(path))["w"], w) and torch.equal(_load_safetensors(path)["w"], w)
+
+
+@pytest.mark.parametrize("case, header, data, length, words", [
+    ("huge_length", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, 2**62, "exceeds its limit"),
+    ("length_past_end", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"", 10_000, "exceeds its limit"),
+    ("not_json", None, b"", None, "is not JSON"),
+    ("offsets_past_end", {"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 40, None,
+     "lies outside"),
+    ("negative_offset", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}}, b"\0" * 4, None, "lies outside"),
+    ("size_not_dtype_x_shape", {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+     "not F32 x (3,)"),
+    ("unknown_dtype", {"w": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\0", None, "known dtype"),
+    ("not_an_object", [1, 2], b"", None, "not a JSON object"),
+])
+def test_bad_safetensors_header(tmp_path, case, header, data, length, words):
+    path = tmp_path / f"{case}.safetensors"
+    if header is None:
+        path.write_bytes(struct.pack("<Q", 5) + b"{nope" + data)
+    else:
+        _safetensors(path, header, data, length)
+    msg = one_line_error(path)
+    assert f"{case}.safetensors is truncated or corrupt safetensors" in msg and words in msg, msg
+
+
+def test_safetensors_header_cap(tmp_path, monkeypatch):
+    import pet_core.safetensors_header as sh
+
+    path = tmp_path / "big_header.safetensors"
+    _safetensors(path, {"__metadata__": {"pad": "x" * 2000}, "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}},
+                 b"\1")
+    monkeypatch.setattr(sh, "SAFETENSORS_HEADER_MAX_BYTES", 1000)  # the cap, not the file size, is what refuses
+    assert "exceeds its limit of 1,000" in one_line_error(path)
