@@ -1,4 +1,4 @@
-"""``python -m pet_core``: models, analyze, evaluate — the same numbers as the app.
+"""``python -m pet_core``: models, analyze, evaluate, finetune, export, runs — the same numbers as the app.
 
 Bad input exits 2 with one line on stderr. Accuracies are fractions in [0, 1]; sizes are bytes.
 """
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pet_core.analysis import analysis_report
+from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, print_runs, record_evaluation_run,
+                               record_finetune_run, runs_command)
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.recipe import Recipe, load as load_recipe
@@ -47,9 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("steps", help="every recipe field: default, allowed values, help")
     p.add_argument("--json", action="store_true")
     _common(sub.add_parser("analyze", help="per-layer weight statistics"))
-    _common(sub.add_parser("evaluate", help="apply a recipe; accuracy and honest size"))
+    p = sub.add_parser("evaluate", help="apply a recipe; accuracy and honest size")
+    _common(p)
+    add_record_args(p)
     p = sub.add_parser("finetune", help="apply a recipe, then fine-tune as its finetune section says")
     _common(p)
+    add_record_args(p)
     p.add_argument("--out", help="folder for the checkpoint, the fine-tuned weights, recipe and report")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
@@ -58,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --out: also write the checkpoint every N steps")
     p = sub.add_parser("export", help="apply a recipe, write a deployable file; measured size, accuracy, latency")
     _common(p)
+    add_record_args(p, export=True)
     p.add_argument("--format", required=True,
                    choices=["packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict"])
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--physical", action="store_true",
                    help="remove channel-pruned channels for real (Torch-Pruning) before writing")
+    add_runs_parser(sub)
     return parser
 
 
@@ -86,6 +93,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"models": [dict(name=m.name, description=m.description, min_hw=m.min_hw) for m in list_models()]}
     if args.command == "steps":
         return {"fields": describe_steps()}
+    if args.command == "runs":
+        return runs_command(args)
+    if args.command == "export" and args.run is not None:
+        return export_run(args)
     recipe, baseline = _context(args)
     wb = open_workbench(baseline)
     wb.apply(recipe)
@@ -104,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wb, info = physical_workbench(wb)
             physical = {k: info[k] for k in ("params_before", "params_after", "skipped")}
         return {**head, **export_report(args.format, wb, baseline, args.out), "physical": physical}
-    return {**head, **wb.report()}
+    report = wb.report()
+    return {**head, **report, "run_id": record_evaluation_run(args, baseline, report)}
 
 
 def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[str, Any]:
@@ -132,6 +144,7 @@ def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[st
                           resume=args.resume, checkpoint_every_steps=args.checkpoint_every_steps,
                           checkpoint_every_s=args.checkpoint_every)
     report = result.report
+    report["run_id"] = record_finetune_run(args, baseline, result)
     if result.stopped:   # only SIGTERM stops a CLI run: say so, and exit 128 + SIGTERM after the report
         f, ck = report["finetune"], report["finetune"]["checkpoint"]
         kept = ("no checkpoint kept (run with --out DIR to keep one)" if not ck["written"]
@@ -172,7 +185,12 @@ def _write_packed(wb, baseline, path: Path) -> dict[str, Any] | None:
             "compression_ratio": model_bytes(baseline.model) / info["file_bytes"]}
 
 
-def _print_text(command: str, out: dict[str, Any]) -> None:
+def _print_text(command: str, out: Any) -> None:
+    if command == "runs":
+        print_runs(out)
+        return
+    if out.get("run_id") is not None:
+        print(f"recorded as run {out['run_id']} (python -m pet_core runs show {out['run_id']})", file=sys.stderr)
     if command == "models":
         for m in out["models"]:
             print(f"{m['name']:16s} {m['description']}")

@@ -89,9 +89,12 @@ class Ledger:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else ledger_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            self._migrate(db)
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+        except sqlite3.DatabaseError as e:    # e.g. "file is not a database"
+            raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -103,16 +106,27 @@ class Ledger:
         return db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        """Bring the file to SCHEMA_VERSION; refuse a newer one. Safe when processes open it at once."""
+        if self._schema(db) == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")       # read the version again under the write lock: another
+        try:                                # process may have migrated it in between
+            version = self._schema(db)
+            for v in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[v]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _schema(self, db: sqlite3.Connection) -> int:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise PetError(f"the run ledger {self.path} has schema {version}, newer than this PET Studio "
                            f"({SCHEMA_VERSION}); upgrade PET Studio or set PET_WORKSPACE to another folder")
-        for v in range(version, SCHEMA_VERSION):
-            db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[v]:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version={v + 1}")
-            db.execute("COMMIT")
+        return version
 
     # ------------------------------------------------------------------ writing
 
@@ -120,7 +134,10 @@ class Ledger:
                recipe: dict | None = None, metrics: dict | None = None, extra: dict | None = None,
                parent_id: int | None = None, status: str = "done", label: str = "", owner: str = "me",
                weights_path: str | None = None) -> int:
-        """Add a run (or, for an already recorded identical configuration, update it); returns its id."""
+        """Add a run (or, for an already recorded identical configuration, update it); returns its id.
+
+        An update keeps the stored label and parent unless new ones are given.
+        """
         if kind not in KINDS:
             raise PetError(f"run kind {kind!r} is not one of {', '.join(KINDS)}")
         if status not in STATUSES:
@@ -133,7 +150,11 @@ class Ledger:
                 existing = self._identical(db, kind, model_hash, dataset_hash, key, owner)
                 values = dict(parent_id=parent_id, status=status, metrics=_dump(metrics or {}),
                               extra=_dump(extra or {}), label=label, weights_path=weights_path, updated_at=now)
-                if existing is not None:
+                if existing is not None:     # an upsert keeps the label and parent it had unless given new ones
+                    if not label:
+                        values.pop("label")
+                    if parent_id is None:
+                        values.pop("parent_id")
                     sets = ", ".join(f"{k} = ?" for k in values)
                     db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values.values(), existing))
                     run_id = existing
@@ -150,6 +171,15 @@ class Ledger:
                 raise
         return int(run_id)
 
+    def find(self, kind: str, *, model_hash: str, dataset_hash: str, recipe: dict | None,
+             owner: str = "me") -> int | None:
+        """The id of the recorded run ``record`` would update for this configuration, or None.
+
+        Only upserted kinds (baseline, post-training, sweep) have one; a baseline is shared by all owners.
+        """
+        with closing(self._connect()) as db:
+            return self._identical(db, kind, model_hash, dataset_hash, canonical_recipe_key(recipe), owner)
+
     @staticmethod
     def _identical(db, kind, model_hash, dataset_hash, key, owner) -> int | None:
         if kind not in UPSERT_KINDS:
@@ -164,7 +194,7 @@ class Ledger:
 
     def update(self, run_id: int, *, status: str | None = None, metrics: dict | None = None,
                extra: dict | None = None, weights_path: str | None = None, error: str | None = None,
-               label: str | None = None) -> None:
+               label: str | None = None, parent_id: int | None = None) -> None:
         """Change a run: ``metrics`` and ``extra`` are merged into what is stored."""
         if status is not None and status not in STATUSES:
             raise PetError(f"run status {status!r} is not one of {', '.join(STATUSES)}")
@@ -181,7 +211,8 @@ class Ledger:
                     values["metrics"] = _dump({**json.loads(row["metrics"]), **metrics})
                 if extra:
                     values["extra"] = _dump({**json.loads(row["extra"]), **extra})
-                for k, v in (("weights_path", weights_path), ("error", error), ("label", label)):
+                for k, v in (("weights_path", weights_path), ("error", error), ("label", label),
+                             ("parent_id", parent_id)):
                     if v is not None:
                         values[k] = v
                 sets = ", ".join(f"{k} = ?" for k in values)
@@ -213,9 +244,14 @@ class Ledger:
 
     def runs(self, *, model_hash: str | None = None, dataset_hash: str | None = None,
              owner: str | None = None, kinds: Iterable[str] | None = None,
-             statuses: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Runs matching every filter given, oldest first."""
+             statuses: Iterable[str] | None = None, model: str | None = None,
+             dataset: str | None = None) -> list[dict[str, Any]]:
+        """Runs matching every filter given, oldest first; ``model``/``dataset`` match the name or the hash."""
         where, args = [], []
+        for col, val in (("model", model), ("dataset", dataset)):
+            if val is not None:
+                where.append(f"({col} = ? OR {col}_hash = ?)")
+                args.extend([val, val])
         for col, val in (("model_hash", model_hash), ("dataset_hash", dataset_hash), ("owner", owner)):
             if val is not None:
                 where.append(f"{col} = ?")

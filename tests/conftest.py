@@ -22,6 +22,18 @@ def _hermetic_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _hermetic_workspace(tmp_path_factory):
+    """The run ledger and run weights go to a fresh workspace, never the user's."""
+    old = os.environ.get("PET_WORKSPACE")
+    os.environ["PET_WORKSPACE"] = str(tmp_path_factory.mktemp("pet_workspace"))
+    yield
+    if old is None:
+        os.environ.pop("PET_WORKSPACE", None)
+    else:
+        os.environ["PET_WORKSPACE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """One intra-op thread: tests run many small ops, and on 2 busy cores OpenMP's spin-waits
     make them up to ~50x slower; benchmarks (bench/) use the machine's threads."""
