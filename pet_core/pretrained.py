@@ -1,7 +1,13 @@
-"""Pretrained zoo models: trained once per (model, data, seed) and cached as safetensors + JSON."""
+"""Pretrained zoo models: trained once per (model, data, seed) and cached as safetensors + JSON.
+
+The JSON holds the weights' SHA-256: a cached file that fails it is retrained, never loaded. The cache
+is bounded (``PET_CACHE_MAX_BYTES``, default 2 GiB): a load touches its files, and after each write
+the least recently used weights + JSON pairs are removed until the cache fits.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,11 +19,15 @@ import torch
 from torch import nn
 
 from pet_core.data import Dataset
+from pet_core.errors import PetError
 from pet_core.training import accuracy, train_classifier
 from pet_core.zoo import build_model
 
 # bump when an architecture or a training recipe changes, so stale caches are not reused
 ZOO_VERSION = 1
+CACHE_MAX_BYTES_ENV = "PET_CACHE_MAX_BYTES"
+DEFAULT_CACHE_MAX_BYTES = 2 * 1024**3
+CHECKSUM_FAILED = "cached weights failed their checksum"
 
 # (epochs, lr, batch_size) per (model, dataset); Adam with a per-step cosine decay to 0.
 # Chosen so digits reach >= 95% for every model, and MNIST passes the accuracy floors
@@ -68,21 +78,88 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
-def _try_load(name: str, ds: Dataset, seed: int, weights: Path, meta: Path) -> tuple[nn.Module, dict] | None:
-    """The cached model and info, or None when missing or unreadable (then the caller retrains)."""
+def cache_max_bytes() -> int:
+    """$PET_CACHE_MAX_BYTES, else 2 GiB: the most the model cache may hold."""
+    raw = os.environ.get(CACHE_MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CACHE_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise PetError(f"{CACHE_MAX_BYTES_ENV}={raw[:40]!r} is not a whole number of bytes >= 0")
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _try_load(name: str, ds: Dataset, seed: int, weights: Path, meta: Path) -> tuple[tuple | None, str | None]:
+    """((model, info), None) from the cache; else (None, why it was unusable), the reason None when absent."""
     if not (weights.is_file() and meta.is_file()):
-        return None
+        return None, None
     from safetensors.torch import load_file
 
     try:
         info = json.loads(meta.read_text())
+        digest = _sha256(weights)
+    except (OSError, ValueError):
+        return None, "cached metadata could not be read"
+    if not isinstance(info, dict):
+        return None, "cached metadata could not be read"
+    if "sha256" not in info:
+        return None, "cached weights have no checksum (written by an older version)"
+    if info["sha256"] != digest:
+        return None, CHECKSUM_FAILED
+    try:
         model = build_model(name, ds.input_shape, ds.num_classes, seed=seed)
         model.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception:  # any corruption (bad header, wrong keys, bad JSON) means "retrain"
-        return None
-    if not isinstance(info, dict):
-        return None
-    return model.eval(), {**info, "cached": True, "path": str(weights)}
+    except Exception:  # a file that matches its checksum but not the architecture: retrain
+        return None, "cached weights do not fit the model"
+    for path in (weights, meta):   # least recently used is evicted first
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+    return (model.eval(), {**info, "cached": True, "path": str(weights)}), None
+
+
+def evict_cache(keep: str | None = None, limit: int | None = None) -> list[str]:
+    """Remove least recently used weights + JSON pairs until the cache holds <= ``limit`` bytes.
+
+    ``keep`` (a file stem) is never removed, so a model larger than the bound stays usable.
+    Returns the stems removed, oldest first.
+    """
+    limit = cache_max_bytes() if limit is None else limit
+    pairs: dict[str, list[Path]] = {}
+    for path in cache_dir().iterdir():
+        if path.suffix in (".safetensors", ".json") and path.is_file():
+            pairs.setdefault(path.stem, []).append(path)
+    sized = []
+    for stem, paths in pairs.items():
+        try:
+            stats = [p.stat() for p in paths]
+        except OSError:   # removed meanwhile by another process
+            continue
+        sized.append((max(st.st_mtime for st in stats), stem, paths, sum(st.st_size for st in stats)))
+    total = sum(entry[3] for entry in sized)
+    removed = []
+    for _, stem, paths, size in sorted(sized):
+        if total <= limit:
+            break
+        if stem == keep:
+            continue
+        for path in paths:
+            path.unlink(missing_ok=True)
+        total -= size
+        removed.append(stem)
+    return removed
 
 
 def pretrained(
@@ -90,7 +167,8 @@ def pretrained(
 ) -> tuple[nn.Module, dict]:
     """A trained ``name`` for the (already adapted) ``ds``: loaded from cache or trained and cached.
 
-    Returns the model (eval mode, CPU) and {accuracy, epochs, train_seconds, dataset, model, cached, path}.
+    Returns the model (eval mode, CPU) and {accuracy, epochs, train_seconds, dataset, model, cached, path,
+    sha256}, plus ``retrained_reason`` when a cached copy existed but could not be used.
     """
     from safetensors.torch import save_file
 
@@ -98,9 +176,11 @@ def pretrained(
     weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
     if progress is not None and weights.is_file():
         progress({"stage": "loading"})
-    hit = _try_load(name, ds, seed, weights, meta)
+    hit, reason = _try_load(name, ds, seed, weights, meta)
     if hit is not None:
         return hit
+    if reason is not None and progress is not None:
+        progress({"stage": "retraining", "reason": reason})
 
     epochs, lr, batch_size = recipe(name, ds)
     model = build_model(name, ds.input_shape, ds.num_classes, seed=seed)
@@ -134,8 +214,11 @@ def pretrained(
     # safetensors refuses shared or non-contiguous storage, so hand it independent copies
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     _atomic_write(weights, lambda tmp: save_file(state, tmp))
+    info["sha256"] = _sha256(weights)
     _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
-    return model.eval(), {**info, "cached": False, "path": str(weights)}
+    evict_cache(keep=stem)
+    extra = {"retrained_reason": reason} if reason is not None else {}
+    return model.eval(), {**info, "cached": False, "path": str(weights), **extra}
 
 
 def is_cached(name: str, ds: Dataset, *, seed: int = 0) -> bool:
