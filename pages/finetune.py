@@ -129,9 +129,15 @@ def live() -> None:
                        "re-compressed and recorded; no checkpoint is kept by the app.")
         st.caption("The run is in the ledger: Pareto shows it, Export builds exactly these weights. "
                    "Your Compress settings are unchanged.")
-        if st.button("📦 Export this run", key="f_export"):
+        e1, e2 = st.columns(2)
+        if e1.button("📦 Export this run", key="f_export"):
             ss["export_run"] = run["id"]
             st.switch_page("pages/export.py")
+        if e2.button("↪️ Continue from this run", key="f_continue",
+                     help="make this fine-tuned model the baseline and compress it further (its runs keep this "
+                          "run as their parent)"):
+            state.continue_from_run(run)
+            st.switch_page("pages/compress.py")
 
 
 live()

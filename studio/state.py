@@ -23,7 +23,7 @@ import streamlit as st
 from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
 from pet_core.ledger import Ledger
-from pet_core.loader import Baseline, is_zoo_name, load_baseline
+from pet_core.loader import Baseline, is_run_source, is_zoo_name, load_baseline
 from pet_core.pareto import recipe_key, summarize_recipe
 from pet_core.recipe import Recipe, from_token, to_token
 from pet_core.steps import resolve
@@ -108,6 +108,15 @@ def set_source(model: str, dataset: str, data_dir: str | None = None) -> None:
     ss["source"] = {"model": model, "dataset": dataset, "data_dir": data_dir or None}
 
 
+def continue_from_run(run: dict[str, Any]) -> None:
+    """Make the model run ``run`` produced the session's baseline, starting from that run's recipe."""
+    extra = run.get("extra") or {}
+    ss.pop("user_baseline", None)
+    set_source(f"run:{run['id']}", run["dataset"], extra.get("data_dir"))
+    recipe = Recipe.from_dict(run["recipe"]).replace(model=f"run:{run['id']}", finetune={})
+    set_recipe(recipe)
+
+
 def switch_zoo_source(model: str, dataset: str, data_dir: str | None = None) -> bool:
     """Switch to a zoo model on a dataset; a bad dataset is an error that keeps the old source."""
     try:
@@ -146,11 +155,12 @@ def shared_baseline(model: str, dataset: str, data_dir: str | None, *, train: bo
     with lock:                                   # only this key waits: other models load meanwhile
         if key in store:
             return store[key]
-        ds = adapt_dataset(load_dataset(dataset, data_dir), model)
-        if not is_cached(model, ds):
-            if train:
-                _start_pretraining(model, dataset, data_dir)
-            return None
+        if not is_run_source(model):
+            ds = adapt_dataset(load_dataset(dataset, data_dir), model)
+            if not is_cached(model, ds):
+                if train:
+                    _start_pretraining(model, dataset, data_dir)
+                return None
         base = load_baseline(model, dataset, data_dir)
         with guard:
             store[key] = base

@@ -203,6 +203,21 @@ def test_finetune_never_changes_compress_and_exports_the_finetuned_run():
     assert Recipe.from_dict(run["recipe"]).to_dict()["default"] == before["default"]
     assert "sparsity: 0.88" in yaml_text and "bits: 4" in yaml_text
 
+    # Continue from the fine-tuned run: it becomes the baseline, and what is compressed next descends from it.
+    at.switch_page("pages/finetune.py").run()
+    at.button(key="f_continue").click().run()
+    at.switch_page("pages/compress.py").run()
+    assert_clean(at)
+    assert at.session_state["source"]["model"] == f"run:{run_id}"
+    at.slider(key=key(at, "c_sparsity")).set_value(0.93).run()
+    assert_clean(at)
+    child = ledger_runs(kinds=["post-training"])[-1]
+    assert child["model"] == f"run:{run_id}" and child["recipe"]["default"]["prune"]["sparsity"] == 0.93
+    from pet_core.ledger import Ledger
+
+    kinds = [r["kind"] for r in Ledger().lineage(child["id"])]
+    assert kinds == ["baseline", "post-training", "fine-tuned", "baseline", "post-training"], kinds
+
 
 def test_shared_link_opens_the_recipe():
     recipe = Recipe(default={"prune": {"method": "magnitude", "scope": "layer", "sparsity": 0.8}},
