@@ -1,7 +1,7 @@
 """App latency: a Compress slider move measured through Streamlit itself, not just the engine.
 
 * **server side** (``bench_server``): ``streamlit.testing.v1.AppTest`` runs ``app.py`` on the
-  Compress page; a move is ``slider(key="c_sparsity").set_value(v)`` then the timed ``at.run()``
+  Compress page; a move is ``slider(key="c_sparsity@<recipe version>").set_value(v)`` then the timed ``at.run()``
   (the whole script: navigation, sidebar, page, engine, elements). Baseline, measured in the same
   run and interleaved: ``at.run()`` with no widget change (a plain rerun: same script, cached report).
 * **browser** (``bench_browser``): ``streamlit run app.py`` on a loopback port, Debian's Chromium
@@ -80,7 +80,7 @@ def server_rows(model: str, dataset: str, data_dir: str | None, ctx: Context) ->
     def move() -> float:
         nonlocal unchanged_moves
         before = _size(at)
-        at.slider(key="c_sparsity").set_value(next(values))
+        at.slider(key=f"c_sparsity@{at.session_state['recipe_version']}").set_value(next(values))
         t = time.perf_counter()
         at.run()
         dt = (time.perf_counter() - t) * 1e3
