@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+# `make run HOST=0.0.0.0` opens the app to the network (README: Running a shared server)
+HOST   ?= 127.0.0.1
 
 .PHONY: setup setup-dev run test bench clean
 
@@ -21,7 +23,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 run: setup
-	$(PY) -m studio.serve --server.port $(PORT)
+	$(PY) -m studio.serve --server.port $(PORT) --server.address $(HOST)
 
 test: setup-dev
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 """Model: pick a zoo model and a dataset, or upload a model file; see its architecture."""
 
-import tempfile
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +9,10 @@ import streamlit as st
 from pet_core.architecture import summary_rows, total_macs
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline
+from pet_core.model_io import env_trusts_code
 from pet_core.zoo import list_models
 from studio import state
+from studio.session_files import session_dir
 
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("🧠 Model")
@@ -29,17 +31,26 @@ with st.form("source_form"):
                            help="digits: scikit-learn's 8×8 digits, offline. mnist: a folder with the four IDX files.")
     data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir(), key="m_data_dir")
     npz = c2.file_uploader("Dataset .npz (arrays x, y)", type=["npz"])
-    upload = c1.file_uploader("Model file: TorchScript, state_dict (.pt/.pth) or .safetensors",
-                              type=["pt", "pth", "safetensors", "ts", "zip"])
+    upload = c1.file_uploader("Model file: state_dict (.pt/.pth), .safetensors or packed (.petz)"
+                              + ("; with trust also TorchScript, torch.export (.pt2) or a pickled module"
+                                 if env_trusts_code() else ""),
+                              type=["pt", "pth", "safetensors", "petz", "ts", "pt2", "zip"])
     arch = c1.selectbox("Architecture of a state_dict", ["infer"] + list(models))
-    allow_pickle = c1.checkbox("Allow a pickled module ⚠️ loading it runs code from the file")
+    trust_code = env_trusts_code() and c1.checkbox(   # offered only when the server owner started it so
+        "Trust this file's code ⚠️", key="m_trust_code",
+        help="Lets a pickled module, TorchScript or a torch.export program load. Loading and running them "
+             "executes code from the file on this server, with its rights: only for files you would run "
+             "yourself. Offered because the server was started with PET_TRUST_CODE=1.")
     submitted = st.form_submit_button("Load", type="primary")
 
 
 def _save_upload(f) -> str:
-    folder = Path(tempfile.mkdtemp(prefix="pet_upload_"))
+    """The upload, kept in this session's folder (removed when the session ends) under its content hash."""
+    data = f.getvalue()
+    folder = session_dir() / "uploads" / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / Path(f.name).name
-    path.write_bytes(f.getvalue())
+    path.write_bytes(data)
     return str(path)
 
 
@@ -57,7 +68,7 @@ if submitted:
     else:
         try:
             loaded = load_baseline(_save_upload(upload), dataset_spec, data_dir if dataset == "mnist" else None,
-                                   arch=None if arch == "infer" else arch, allow_pickle=allow_pickle)
+                                   arch=None if arch == "infer" else arch, trust_code=trust_code)
             loaded.model_name = upload.name
             st.session_state["user_baseline"] = loaded
             state.set_source(upload.name, dataset_spec, data_dir if dataset == "mnist" else None)
