@@ -16,7 +16,7 @@ from torch import nn
 
 from pet_core.data import Dataset, load_dataset
 from pet_core.errors import PetError
-from pet_core.model_io import load_model_file
+from pet_core.model_io import CODE_KINDS, load_model_file
 from pet_core.pretrained import pretrained
 from pet_core.workbench import Workbench
 from pet_core.zoo import adapt_dataset, list_models, model_info
@@ -88,6 +88,8 @@ def load_baseline(model: str, dataset: str, data_dir: str | None = None, *, arch
         model_info(arch)
         ds = adapt_dataset(ds, arch)
     net, info = load_model_file(model, ds.input_shape, ds.num_classes, arch=arch, trust_code=trust_code)
+    if info["kind"] in CODE_KINDS:
+        info = {**info, "trusted": True}   # whoever reloads it (a job's worker) must be given trust too
     if arch is None and info.get("arch"):
         adapted = adapt_dataset(ds, info["arch"])
         if adapted.input_shape != ds.input_shape:

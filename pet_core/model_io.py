@@ -24,6 +24,7 @@ from pet_core.safetensors_header import check_safetensors_header
 from pet_core.zoo import build_model, list_models, model_info
 
 TRUST_CODE_ENV = "PET_TRUST_CODE"  # the app offers trust only when the server was started with this set to 1
+CODE_KINDS = frozenset({"pickle", "torchscript", "export"})  # info["kind"] of files that needed trust
 
 
 def env_trusts_code(environ: dict | None = None) -> bool:

@@ -153,6 +153,18 @@ def test_safe_formats_need_no_trust(tmp_path, monkeypatch):
         assert load_model_file(tmp_path / name, SHAPE, 10)[1]["arch"] == "mnist_cnn"
 
 
+def test_baseline_says_it_was_trusted(tmp_path):
+    # pages hand info["trusted"] to a job's worker, which reloads the file and needs the same trust
+    from pet_core.loader import load_baseline
+    from pet_core.model_io import save_state_dict
+
+    model = build_model("lenet_300_100", SHAPE, 10)
+    torch.jit.script(model).save(str(tmp_path / "ts.pt"))
+    save_state_dict(model, tmp_path / "sd.safetensors")
+    assert load_baseline(str(tmp_path / "ts.pt"), "digits", trust_code=True).info["trusted"] is True
+    assert "trusted" not in load_baseline(str(tmp_path / "sd.safetensors"), "digits", trust_code=True).info
+
+
 @pytest.mark.parametrize("value, trusted", [("1", True), (" 1 ", True), ("0", False), ("", False),
                                             ("yes", False), (None, False)])
 def test_env_trusts_code(value, trusted):
