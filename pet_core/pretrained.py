@@ -222,6 +222,13 @@ def pretrained(
 
 
 def is_cached(name: str, ds: Dataset, *, seed: int = 0) -> bool:
-    """Whether ``name`` for ``ds`` is in the model cache (loading it will not train)."""
+    """Whether ``name`` for ``ds`` is in the model cache and passes its checksum (loading it will not train)."""
     stem = _cache_stem(name, ds, seed)
-    return (cache_dir() / f"{stem}.safetensors").is_file() and (cache_dir() / f"{stem}.json").is_file()
+    weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
+    if not (weights.is_file() and meta.is_file()):
+        return False
+    try:
+        info = json.loads(meta.read_text())
+        return isinstance(info, dict) and info.get("sha256") == _sha256(weights)
+    except (OSError, ValueError):
+        return False
