@@ -137,7 +137,7 @@ if artifacts:
         c1, c2 = st.columns([1, 1])
         c1.download_button(f"⬇️ {label} ({len(data):,} B)", data, a["path"].rsplit("/", 1)[-1], key=f"dl_{label}")
         if a["format"] == "onnx" and c2.toggle("Open in Netron", key=f"x_netron_{label}"):
-            from studio.netron_server import publish
+            from studio.netron import publish
 
             st.iframe(publish(data, a["path"].rsplit("/", 1)[-1]), height=560)
 

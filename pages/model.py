@@ -91,14 +91,13 @@ if base is not None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     st.subheader("Graph")
     try:
-        from studio.netron_server import model_to_netron_bytes, publish
+        from studio.netron import model_to_netron_bytes, publish
 
         cached = st.session_state.get("netron")
         if cached is None or cached[0] != id(base.model):
-            data, filename = model_to_netron_bytes(base.model, ds.input_shape)
-            cached = st.session_state["netron"] = (id(base.model), publish(data, filename), filename)
-        _, url, filename = cached
-        st.iframe(url, height=640)
-        st.caption(f"Netron, served from this machine ({filename}); nothing leaves it.")
+            cached = st.session_state["netron"] = (id(base.model), *model_to_netron_bytes(base.model, ds.input_shape))
+        _, data, filename = cached
+        st.iframe(publish(data, filename), height=640)  # published on every run: the served files are an LRU
+        st.caption(f"Netron, served by this app on its own address ({filename}); nothing leaves it.")
     except Exception as exc:  # the graph is a view: never break the page for it
         st.info(f"The graph viewer is unavailable here ({type(exc).__name__}: {exc}).")
