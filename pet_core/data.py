@@ -10,7 +10,7 @@ import functools
 import gzip
 import hashlib
 import os
-import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pet_core.bounded import shown
 from pet_core.errors import PetError
+from pet_core.npz import max_dataset_bytes, read_npz
 
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -62,7 +64,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         return _load_mnist(str(Path(folder).expanduser().resolve()))
     if key.lower().endswith(".npz"):
         return _load_npz(Path(key).expanduser())
-    raise PetError(f"unknown dataset {name!r}; use 'digits', 'mnist' or a path to a .npz file")
+    raise PetError(f"unknown dataset {shown(name)}; use 'digits', 'mnist' or a path to a .npz file")
 
 
 def fit_input(x: torch.Tensor, min_hw: int) -> torch.Tensor:
@@ -140,14 +142,14 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """Parse an IDX file (big-endian header) into uint8 (n,rows,cols) images or (n,) labels."""
+    limit = max_dataset_bytes()
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read(limit + 1)                     # a gzip bomb stops one byte past the budget
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise PetError(f"MNIST: {path.name} is not a readable (gzip) file: {e}") from None
+    if len(raw) > limit:
+        raise PetError(f"MNIST: {path.name} holds more than {limit:,} bytes (PET_MAX_DATASET_BYTES)")
     ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header_len = 4 * (1 + ndim)
     if len(raw) < header_len:
@@ -221,24 +223,17 @@ def _load_npz(path: Path) -> Dataset:
     """A user .npz with ``x``/``y`` (and optionally ``x_test``/``y_test``)."""
     if not path.is_file():
         raise PetError(f"dataset file {path} not found")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise PetError(f"dataset file {path.name} is a single .npy array, not an .npz archive with 'x' and 'y'")
-        with loaded as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise PetError(f"dataset file {path.name} is not a valid .npz archive ({type(e).__name__})") from None
+    arrays, found = read_npz(path, ("x", "y", "x_test", "y_test"))      # sizes checked before loading
     for key in ("x", "y"):
         if key not in arrays:
-            raise PetError(f"{path.name}: missing array {key!r}; found keys {sorted(arrays)}")
+            raise PetError(f"{path.name}: missing array {key!r}; found keys {shown(found)}")
     x, y = _to_nchw(arrays["x"], path, "x"), _check_labels(arrays["y"], path, "y")
     if len(x) != len(y):
         raise PetError(f"{path.name}: x has {len(x)} samples but y has {len(y)} labels")
     if x.dtype.kind not in "iufb":
         raise PetError(f"{path.name}: array 'x' must be numeric, found dtype {x.dtype}")
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise PetError(f"{path.name}: give both 'x_test' and 'y_test' or neither; found keys {sorted(arrays)}")
+        raise PetError(f"{path.name}: give both 'x_test' and 'y_test' or neither; found keys {shown(found)}")
     if "x_test" in arrays:
         x_te, y_te = _to_nchw(arrays["x_test"], path, "x_test"), _check_labels(arrays["y_test"], path, "y_test")
         if len(x_te) != len(y_te):

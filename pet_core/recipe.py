@@ -27,12 +27,15 @@ from typing import Any
 
 import yaml
 
+from pet_core.bounded import MAX_TEXT_BYTES, check_size, check_tree, cut, inflate, load_yaml, shown, shown_key
 from pet_core.errors import PetError
 from pet_core.finetune.config import validate_finetune
 from pet_core.steps import STEPS, validate_step
 
 RECIPE_VERSION = 1
 TOP_KEYS = ("pet_recipe", "model", "dataset", "default", "layers", "finetune")
+MAX_NAME_CHARS = 1024           # a model, dataset or layer pattern (paths included)
+MAX_TOKEN_CHARS = 64 * 1024     # a share link's token; browsers cut URLs not much longer
 
 
 @dataclass
@@ -68,40 +71,47 @@ class Recipe:
             raise PetError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
         unknown = [k for k in data if k not in TOP_KEYS]
         if unknown:
-            raise PetError(f"recipe: unknown key '{unknown[0]}' (allowed: {', '.join(TOP_KEYS)})")
+            raise PetError(f"recipe: unknown key '{shown_key(unknown[0])}' (allowed: {', '.join(TOP_KEYS)})")
         version = data.get("pet_recipe")
-        if version != RECIPE_VERSION:
-            raise PetError(f"recipe: pet_recipe = {version!r} is not supported (allowed: {RECIPE_VERSION})")
+        if type(version) is not int or version != RECIPE_VERSION:          # not True, not 1.0
+            raise PetError(f"recipe: pet_recipe = {shown(version)} is not supported (allowed: {RECIPE_VERSION})")
         model = _text(data.get("model", "lenet_300_100"), "model")
         dataset = _text(data.get("dataset", "digits"), "dataset")
-        default = _steps(data.get("default") or {}, "default", allow_null=False)
+        default = _steps(_or_empty(data.get("default")), "default", allow_null=False)
         if "quantize" in default and "share" in default:
             raise PetError("recipe: default has both quantize and share (a layer uses quantize or share, not both)")
-        layers_in = data.get("layers") or {}
+        layers_in = _or_empty(data.get("layers"))
         if not isinstance(layers_in, dict):
-            raise PetError(f"recipe: layers must be a mapping of layer name or glob to steps, got {layers_in!r}")
+            raise PetError(f"recipe: layers must be a mapping of layer name or glob to steps, got {shown(layers_in)}")
         layers = {}
         for pattern, steps in layers_in.items():
-            if not isinstance(pattern, str) or not pattern:
-                raise PetError(f"recipe: layers key {pattern!r} must be a layer name or glob")
-            layers[pattern] = _steps(steps or {}, f"layers.{pattern}", allow_null=True)
+            if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_NAME_CHARS:
+                raise PetError(f"recipe: layers key {shown(pattern)} must be a layer name or glob "
+                               f"(1-{MAX_NAME_CHARS} characters)")
+            layers[pattern] = _steps(_or_empty(steps), f"layers.{shown_key(pattern)}", allow_null=True)
         finetune = validate_finetune(data["finetune"]) if data.get("finetune") is not None else {}
         return cls(model=model, dataset=dataset, default=default, layers=layers, finetune=finetune)
 
 
 def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PetError(f"recipe: {key} = {value!r} must be a non-empty string")
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+        raise PetError(f"recipe: {key} = {shown(value)} must be a non-empty string of at most "
+                       f"{MAX_NAME_CHARS} characters")
     return value
+
+
+def _or_empty(value: Any) -> Any:
+    """A missing section (``null``) is an empty mapping; anything else is checked as given."""
+    return {} if value is None else value
 
 
 def _steps(data: Any, where: str, *, allow_null: bool) -> dict[str, dict[str, Any] | None]:
     if not isinstance(data, dict):
-        raise PetError(f"recipe: {where} must be a mapping of steps ({', '.join(STEPS)}), got {data!r}")
+        raise PetError(f"recipe: {where} must be a mapping of steps ({', '.join(STEPS)}), got {shown(data)}")
     out: dict[str, dict[str, Any] | None] = {}
     for step, fields in data.items():
         if step not in STEPS:
-            raise PetError(f"recipe: unknown key '{where}.{step}' (allowed: {', '.join(STEPS)})")
+            raise PetError(f"recipe: unknown key '{where}.{shown_key(step)}' (allowed: {', '.join(STEPS)})")
         if fields is None:
             if not allow_null:
                 raise PetError(f"recipe: {where}.{step} = null (null switches a step off only in layers)")
@@ -120,16 +130,35 @@ def dumps(recipe: Recipe, fmt: str = "yaml") -> str:
         return json.dumps(data, indent=2) + "\n"
     if fmt == "yaml":
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    raise PetError(f"recipe format {fmt!r} is not supported (allowed: yaml, json)")
+    raise PetError(f"recipe format {shown(fmt)} is not supported (allowed: yaml, json)")
 
 
 def loads(text: str, fmt: str = "yaml") -> Recipe:
-    """Parse and validate recipe text (JSON is valid YAML, but ``fmt="json"`` gives JSON's messages)."""
+    """Parse and validate recipe text (JSON is valid YAML, but ``fmt="json"`` gives JSON's messages).
+
+    Text over 1 MiB, nesting deeper than 20 levels and YAML aliases that expand past 200,000
+    values are refused (:mod:`pet_core.bounded`) before anything big is built.
+    """
+    if not isinstance(text, str):
+        raise PetError(f"recipe: expected text, got {type(text).__name__}")
     try:
-        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise PetError(f"recipe: not valid {fmt.upper()}: {' '.join(str(exc).split())}") from None
+        check_size(text, "text")
+        data = _json(text) if fmt == "json" else load_yaml(text)
+    except PetError as exc:
+        raise PetError(f"recipe: {exc}") from None
     return Recipe.from_dict(data)
+
+
+def _json(text: str | bytes) -> Any:
+    """``json.loads`` within the budgets of :mod:`pet_core.bounded`; PetError for anything else."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise PetError("JSON nests too deep (refused)") from None
+    except ValueError as exc:                      # JSONDecodeError, bad UTF-8, 5,000-digit integers
+        raise PetError(f"not valid JSON: {cut(' '.join(str(exc).split()))}") from None
+    check_tree(data, "JSON")
+    return data
 
 
 def load(path: str | Path) -> Recipe:
@@ -138,6 +167,9 @@ def load(path: str | Path) -> Recipe:
     if not path.is_file():
         raise PetError(f"recipe file {path} not found")
     fmt = "json" if path.suffix.lower() == ".json" else "yaml"
+    if path.stat().st_size > MAX_TEXT_BYTES:      # refused before a byte is read
+        raise PetError(f"recipe file {path.name} is {path.stat().st_size:,} bytes, more than the "
+                       f"{MAX_TEXT_BYTES:,} allowed")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -163,10 +195,22 @@ def to_token(recipe: Recipe) -> str:
 
 
 def from_token(token: str) -> Recipe:
-    """The recipe in a link token; PetError when the token is damaged."""
+    """The recipe in a link token; PetError when the token is damaged or too big.
+
+    The token is at most 64 KiB of text and inflates to at most 1 MiB; the zlib stream is
+    decompressed with that cap, so a small token cannot expand into gigabytes.
+    """
+    if not isinstance(token, str):
+        raise PetError(f"recipe link is damaged (expected text, got {type(token).__name__})")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise PetError(f"recipe link is too long ({len(token):,} characters, at most {MAX_TOKEN_CHARS:,})")
     try:
-        raw = zlib.decompress(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        data = json.loads(raw)
-    except (ValueError, zlib.error) as exc:
+        packed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError as exc:                       # binascii.Error, non-ASCII text
         raise PetError(f"recipe link is damaged ({type(exc).__name__})") from None
+    raw = inflate(packed, MAX_TEXT_BYTES, "recipe link")
+    try:
+        data = _json(raw)
+    except PetError as exc:
+        raise PetError(f"recipe link: {exc}") from None
     return Recipe.from_dict(data)

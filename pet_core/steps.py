@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
 
 QUANT_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+MAX_INT = 2**53                 # larger integers are refused: floats cannot hold them, and no field needs them
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
@@ -85,26 +87,43 @@ class LayerSpec:
 
 
 def _check_value(name: str, value: Any, meta: dict, where: str) -> Any:
+    """``value`` checked against a field's metadata and normalised (int or float); PetError otherwise.
+
+    Booleans are not numbers here, integers beyond 2^53 and non-finite numbers are out of range
+    (``hi = inf`` means "no upper bound", not that inf itself is allowed).
+    """
     kind, choices = meta["kind"], meta["choices"]
     if value is None:
         return None
+    what = f"recipe: {where}.{shown_key(name)} = {shown(value)}"
     if kind is str:
-        if value not in choices:
-            raise PetError(f"recipe: {where}.{name} = {value!r} is not allowed (allowed: {', '.join(choices)})")
+        if not isinstance(value, str) or not value or (choices is not None and value not in choices):
+            raise PetError(f"{what} is not allowed (allowed: {', '.join(choices or ['a non-empty string'])})")
         return value
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (kind is int and (not math.isfinite(value) or value != int(value)))):
-        raise PetError(f"recipe: {where}.{name} = {value!r} must be {'an integer' if kind is int else 'a number'}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and isinstance(value, float) and math.isfinite(value) and not value.is_integer()):
+        raise PetError(f"{what} must be {'an integer' if kind is int else 'a number'}")
+    if isinstance(value, float) and not math.isfinite(value) and kind is int:
+        raise PetError(f"{what} must be an integer")
+    allowed = _allowed(meta)
+    if isinstance(value, int) and abs(value) > MAX_INT or isinstance(value, float) and not math.isfinite(value):
+        raise PetError(f"{what} is out of range (allowed: {allowed})")
     value = kind(value)
     if choices is not None and value not in choices:
-        allowed = "1-8 or 16" if choices == QUANT_BITS else ", ".join(map(str, choices))
-        raise PetError(f"recipe: {where}.{name} = {value!r} is out of range (allowed: {allowed})")
+        raise PetError(f"{what} is out of range (allowed: {allowed})")
     lo, hi = meta["lo"], meta["hi"]
-    if lo is not None and (math.isnan(value) or value < lo or (meta["lo_open"] and value == lo) or value > hi):
-        lo_b = "(" if meta["lo_open"] else "["
-        hi_s = "inf)" if hi == math.inf else f"{hi:g}]"
-        raise PetError(f"recipe: {where}.{name} = {value!r} is out of range (allowed: {lo_b}{lo:g}, {hi_s})")
+    if lo is not None and (value < lo or (meta["lo_open"] and value == lo) or value > hi):
+        raise PetError(f"{what} is out of range (allowed: {allowed})")
     return value
+
+
+def _allowed(meta: dict) -> str:
+    """A numeric field's allowed values as the messages and docs print them: "[0, 1]", "1-8 or 16"."""
+    choices = meta["choices"]
+    if choices is not None:
+        return "1-8 or 16" if choices == QUANT_BITS else ", ".join(map(str, choices))
+    hi = "inf)" if meta["hi"] == math.inf else f"{meta['hi']:g}]"
+    return f"{'(' if meta['lo_open'] else '['}{meta['lo']:g}, {hi}"
 
 
 def validate_step(step: str, data: Any, where: str, *, partial: bool) -> dict[str, Any]:
@@ -114,12 +133,12 @@ def validate_step(step: str, data: Any, where: str, *, partial: bool) -> dict[st
     """
     cls = STEPS[step]
     if not isinstance(data, dict):
-        raise PetError(f"recipe: {where} must be a mapping of fields, got {data!r}")
+        raise PetError(f"recipe: {where} must be a mapping of fields, got {shown(data)}")
     metas = {f.name: f.metadata for f in fields(cls)}
     out = {}
     for name, value in data.items():
         if name not in metas:
-            raise PetError(f"recipe: unknown key '{where}.{name}' (allowed: {', '.join(metas)})")
+            raise PetError(f"recipe: unknown key '{where}.{shown_key(name)}' (allowed: {', '.join(metas)})")
         if value is None:
             raise PetError(f"recipe: {where}.{name} = null is not allowed (leave the key out instead)")
         out[name] = _check_value(name, value, metas[name], where)

@@ -262,3 +262,58 @@ def test_packed_file_loads_as_a_user_model(packed_file, baselines):
     assert info["kind"] == "packed" and info["arch"] == "lenet_300_100"
     for (k, v), (_, w) in zip(direct.state_dict().items(), model.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+# --- bounds: nothing is allocated for what a manifest merely claims --------------------------------
+
+def _with_manifest(data: bytes, header_bytes: int, change) -> bytes:
+    """``data`` with its manifest rewritten by ``change(manifest)``; checksums made valid again."""
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    manifest = json.loads(zlib.decompress(data[48:header_bytes]))
+    change(manifest)
+    body = zlib.compress(json.dumps(manifest).encode())
+    head = struct.pack("<8sHHI32s", data[:8], PACKED_VERSION, 0, len(body), hashlib.sha256(body).digest())
+    return head + body + data[header_bytes:]
+
+
+def test_a_manifest_asking_for_a_huge_model_is_refused_before_building_it(packed_file, tmp_path):
+    path, out = packed_file
+    data = path.read_bytes()
+    big = _with_manifest(data, out["header_bytes"], lambda m: m["model"].update(input_shape=[3, 512, 512]))
+    message = _damaged(tmp_path, big)
+    assert "235,961,010 values" in message and "PET_MAX_PACKED_VALUES" in message     # 3*512*512*300 + ...
+
+
+def test_limits_come_from_the_environment(packed_file, monkeypatch):
+    path, out = packed_file
+    monkeypatch.setenv("PET_MAX_PACKED_VALUES", "1000")
+    with pytest.raises(PetError, match="more than the 1,000 allowed"):
+        load_packed(path)
+    monkeypatch.delenv("PET_MAX_PACKED_VALUES")
+    monkeypatch.setenv("PET_MAX_PACKED_BYTES", str(out["file_bytes"] - 1))
+    with pytest.raises(PetError, match="PET_MAX_PACKED_BYTES"):
+        load_packed(path)
+    monkeypatch.setenv("PET_MAX_PACKED_BYTES", str(out["file_bytes"]))
+    assert load_packed(path)[1]["file_bytes"] == out["file_bytes"]
+
+
+def test_a_blob_table_pointing_outside_the_payload_is_refused(packed_file, tmp_path):
+    path, out = packed_file
+    bad = _with_manifest(path.read_bytes(), out["header_bytes"], lambda m: m["blobs"][0].__setitem__(1, 10**12))
+    assert "payload" in _damaged(tmp_path, bad)
+
+
+def test_the_boundary_turns_an_unexpected_error_into_one_line(packed_file, monkeypatch):
+    import pet_core.packed.decode as decode
+
+    def broken(box):
+        raise KeyError("somewhere\ndeep")
+
+    monkeypatch.setattr(decode, "model_from_container", broken)
+    with pytest.raises(PetError, match="malformed") as err:
+        load_packed(packed_file[0])
+    assert "\n" not in str(err.value)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
 from pet_core.steps import _check_value, _f
 
@@ -96,12 +97,12 @@ class Finetune:
 def validate_finetune(data: Any, where: str = "finetune") -> dict[str, Any]:
     """Check the ``finetune`` section; returns it normalised. Raises PetError naming key and value."""
     if not isinstance(data, dict):
-        raise PetError(f"recipe: {where} must be a mapping, got {data!r}")
+        raise PetError(f"recipe: {where} must be a mapping, got {shown(data)}")
     metas = {f.name: f.metadata for f in fields(Finetune)}
     out: dict[str, Any] = {}
     for name, value in data.items():
         if name not in metas:
-            raise PetError(f"recipe: unknown key '{where}.{name}' (allowed: {', '.join(metas)})")
+            raise PetError(f"recipe: unknown key '{where}.{shown_key(name)}' (allowed: {', '.join(metas)})")
         if name == "techniques":
             out[name] = _techniques(value, f"{where}.techniques")
         elif value is None:
@@ -113,27 +114,29 @@ def validate_finetune(data: Any, where: str = "finetune") -> dict[str, Any]:
 
 def _techniques(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise PetError(f"recipe: {where} must be a mapping of technique names to options, got {data!r}")
+        raise PetError(f"recipe: {where} must be a mapping of technique names to options, got {shown(data)}")
     out = {}
     for name, options in data.items():
         if name not in TECHNIQUES:
-            raise PetError(f"recipe: unknown key '{where}.{name}' (allowed: {', '.join(TECHNIQUES)})")
+            raise PetError(f"recipe: unknown key '{where}.{shown_key(name)}' (allowed: {', '.join(TECHNIQUES)})")
         options = {} if options is None else options
         if not isinstance(options, dict):
-            raise PetError(f"recipe: {where}.{name} must be a mapping of options, got {options!r}")
+            raise PetError(f"recipe: {where}.{name} must be a mapping of options, got {shown(options)}")
         metas = {f.name: f.metadata for f in fields(TECHNIQUES[name])}
         checked = {}
         for key, value in options.items():
             if key not in metas:
-                raise PetError(f"recipe: unknown key '{where}.{name}.{key}' (allowed: {', '.join(metas)})")
+                raise PetError(f"recipe: unknown key '{where}.{name}.{shown_key(key)}' (allowed: {', '.join(metas)})")
             meta = metas[key]
+            if value is None:
+                raise PetError(f"recipe: {where}.{name}.{key} = null is not allowed (leave the key out instead)")
             if meta["kind"] is bool:
                 if not isinstance(value, bool):
-                    raise PetError(f"recipe: {where}.{name}.{key} = {value!r} must be true or false")
+                    raise PetError(f"recipe: {where}.{name}.{key} = {shown(value)} must be true or false")
                 checked[key] = value
             elif meta["kind"] is str and meta.get("choices") is None:
-                if not isinstance(value, str) or not value:
-                    raise PetError(f"recipe: {where}.{name}.{key} = {value!r} must be a non-empty string")
+                if not isinstance(value, str) or not value or len(value) > 1024:
+                    raise PetError(f"recipe: {where}.{name}.{key} = {shown(value)} must be a non-empty string (at most 1024 characters)")
                 checked[key] = value
             else:
                 checked[key] = _check_value(key, value, meta, f"{where}.{name}")

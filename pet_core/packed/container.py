@@ -13,6 +13,11 @@ Layout (little-endian)::
 Every blob carries the first 16 hex digits (64 bits) of its SHA-256: plenty to catch damage,
 at a quarter of the header bytes of full digests. Blobs are not compressed again: their bits
 are already as dense as the size accounting says.
+
+Reading is bounded: the file may be at most ``PET_MAX_PACKED_BYTES`` (default 256 MiB), the
+manifest inflates to at most 4 MiB (decompressed with that cap, so a zlib bomb stops there) and
+nests at most 20 levels, and every blob must lie inside the payload
+(:mod:`pet_core.packed.manifest` checks the rest before anything is allocated).
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from pet_core.bounded import check_tree, env_bytes, inflate, shown
 from pet_core.errors import PetError
+from pet_core.packed.manifest import check_container
 
 MAGIC = b"PETPACK\0"
 PACKED_VERSION = 1
 FORMAT = "pet-packed"
 _HEAD = struct.Struct("<8sHHI32s")
 DIGEST_HEX = 16
+MAX_MANIFEST_BYTES = 4 << 20
+DEFAULT_MAX_FILE_BYTES = 256 << 20
 
 
 def digest(data: bytes) -> str:
@@ -71,8 +80,20 @@ class Container:
         path = Path(path)
         if not path.is_file():
             raise PetError(f"packed file {path} not found")
-        data = path.read_bytes()
-        name = path.name
+        limit = env_bytes("PET_MAX_PACKED_BYTES", DEFAULT_MAX_FILE_BYTES)
+        size = path.stat().st_size
+        if size > limit:
+            raise PetError(f"{path.name} is {size:,} bytes, more than the {limit:,} allowed (PET_MAX_PACKED_BYTES)")
+        self._read(path.read_bytes(), path.name)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "packed file") -> "Container":
+        """The container in ``data`` (a whole file's bytes), checked as a file would be."""
+        box = cls.__new__(cls)
+        box._read(data, name)
+        return box
+
+    def _read(self, data: bytes, name: str) -> None:
         if len(data) < _HEAD.size or data[:8] != MAGIC:
             raise PetError(f"{name} is not a PET packed file (bad magic {data[:8]!r})")
         _, version, _, length, sha = _HEAD.unpack_from(data)
@@ -86,24 +107,45 @@ class Container:
         if hashlib.sha256(packed).digest() != sha:
             raise PetError(f"{name}: the manifest is damaged (checksum mismatch)")
         try:
-            self.manifest = json.loads(zlib.decompress(packed))
-        except (zlib.error, ValueError) as exc:
-            raise PetError(f"{name}: the manifest is unreadable ({type(exc).__name__})") from None
-        if self.manifest.get("format") != FORMAT:
-            raise PetError(f"{name}: format {self.manifest.get('format')!r} is not {FORMAT!r}")
+            self.manifest = _manifest(packed)
+        except PetError as exc:
+            raise PetError(f"{name}: {exc}") from None
         self.payload = memoryview(data)[start:]
-        expected = self.manifest["payload_bytes"]
-        if len(self.payload) != expected:
-            what = "truncated" if len(self.payload) < expected else "longer than its manifest says"
-            raise PetError(f"{name} is {what}: {len(self.payload)} payload bytes, expected {expected}")
+        expected = self.manifest.get("payload_bytes")
+        if type(expected) is not int or len(self.payload) != expected:
+            what = "truncated" if type(expected) is int and len(self.payload) < expected else "not as its manifest says"
+            raise PetError(f"{name} is {what}: {len(self.payload)} payload bytes, expected {shown(expected)}")
+        try:
+            self.blobs = check_container(self.manifest, expected)
+        except PetError as exc:
+            raise PetError(f"{name}: {exc}") from None
         self.name = name
         self.header_bytes = start
         self.file_bytes = len(data)
 
     def blob(self, index: int, what: str) -> bytes:
         """Blob ``index`` after its checksum is verified; ``what`` names it in the error."""
-        offset, length, sha = self.manifest["blobs"][index]
+        offset, length, sha = self.blobs[index]
         blob = bytes(self.payload[offset:offset + length])
         if digest(blob) != sha:
             raise PetError(f"{self.name}: data of {what} is damaged (checksum mismatch)")
         return blob
+
+
+def _manifest(packed: bytes) -> dict:
+    """The manifest's JSON, inflated with a cap; PetError for a bomb, bad JSON or another format."""
+    try:
+        manifest = json.loads(inflate(packed, MAX_MANIFEST_BYTES, "the manifest"))
+    except RecursionError:
+        raise PetError("the manifest nests too deep") from None
+    except ValueError as exc:                 # bad UTF-8 or JSON, 5,000-digit integers (PetError passes)
+        if isinstance(exc, PetError):
+            raise
+        raise PetError(f"the manifest is unreadable ({type(exc).__name__})") from None
+    check_tree(manifest, "the manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise PetError(f"format {shown(got)} is not {FORMAT!r}")
+    if type(manifest.get("version")) is not int or manifest["version"] != PACKED_VERSION:
+        raise PetError(f"manifest version {shown(manifest.get('version'))} is not {PACKED_VERSION}")
+    return manifest

@@ -7,11 +7,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pet_core.bounded import cut
 from pet_core.compose import factor_product
 from pet_core.errors import PetError
 from pet_core.packed.container import Container
+from pet_core.packed.manifest import check_model
 from pet_core.packed.tensor_blob import decode_tensor
-from pet_core.zoo import build_model, list_models
+from pet_core.recipe import Recipe
+from pet_core.zoo import build_model
+
+# What a checked manifest can still throw from deep inside numpy/torch: turned into one line at the
+# boundary. The fuzz tests call model_from_container, which must never need this guard.
+_UNEXPECTED = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError,
+               ZeroDivisionError, RecursionError, MemoryError, OSError)
 
 
 def rebuild_weight(parts: list[torch.Tensor], shape: list[int]) -> torch.Tensor:
@@ -26,9 +34,7 @@ def rebuild_weight(parts: list[torch.Tensor], shape: list[int]) -> torch.Tensor:
 
 
 def _raw(blob: bytes, dtype: str, shape: list[int], name: str) -> torch.Tensor:
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise PetError(f"packed file: tensor {name} has unknown dtype {dtype!r}")
+    torch_dtype = getattr(torch, dtype)                    # one of manifest.RAW_DTYPES, checked
     flat = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
     try:
         return flat.view(torch_dtype).reshape(shape).clone()
@@ -43,25 +49,45 @@ def load_packed(path: str | Path) -> tuple[nn.Module, dict]:
         ``(model, info)``: the zoo model in eval mode with every parameter and buffer as saved;
         info = ``{model, recipe, huffman, version, file_bytes, header_bytes, payload_bytes}``.
     """
-    box = Container(path)
+    try:
+        return model_from_container(Container(path))
+    except PetError:
+        raise
+    except _UNEXPECTED as exc:
+        raise PetError(f"{Path(path).name}: the packed file is malformed ({type(exc).__name__}: "
+                       f"{cut(' '.join(str(exc).split()), 120)})") from None
+
+
+def model_from_container(box: Container) -> tuple[nn.Module, dict]:
+    """:func:`load_packed` on a read container; every bad manifest or blob is a PetError.
+
+    The manifest is checked first (:func:`pet_core.packed.manifest.check_model`): nothing is
+    allocated for a model, tensor or stream before its size is known to be within bounds.
+    """
     m = box.manifest
+    try:
+        arch, input_shape, num_classes = check_model(m, box.blobs)
+        recipe = None if m.get("recipe") is None else Recipe.from_dict(m["recipe"]).to_dict()
+    except PetError as exc:
+        raise PetError(f"{box.name}: {exc}") from None
     ident = m["model"]
-    arch = ident.get("arch")
-    if arch not in {info.name for info in list_models()}:
-        raise PetError(f"{box.name}: architecture {arch!r} is not in this PET Studio's model zoo")
-    model = build_model(arch, tuple(ident["input_shape"]), ident["num_classes"])
+    model = build_model(arch, input_shape, num_classes)
     state = {}
     for entry in m["tensors"]:
         name = entry["name"]
         if "raw" in entry:
             state[name] = _raw(box.blob(entry["blob"], name), entry["raw"], entry["shape"], name)
             continue
-        parts = [decode_tensor(box.blob(p["blob"], f"{name} ({p['name']})"), p) for p in entry["parts"]]
+        blobs = [box.blob(p["blob"], f"{name} ({p['name']})") for p in entry["parts"]]
+        try:
+            parts = [decode_tensor(blob, p) for blob, p in zip(blobs, entry["parts"])]
+        except PetError as exc:
+            raise PetError(f"{box.name}: {exc}") from None
         state[name] = rebuild_weight(parts, entry["shape"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise PetError(f"{box.name}: tensors do not fit {arch} ({str(exc).splitlines()[0]})") from None
-    info = dict(model=ident, recipe=m.get("recipe"), huffman=m.get("huffman"), version=m["version"],
+    info = dict(model=ident, recipe=recipe, huffman=m.get("huffman"), version=m["version"],
                 file_bytes=box.file_bytes, header_bytes=box.header_bytes, payload_bytes=m["payload_bytes"])
     return model.eval(), info

@@ -15,13 +15,13 @@ import torch
 from pet_core.errors import PetError
 from pet_core.packed.container import write_container
 from pet_core.packed.decode import rebuild_weight
+from pet_core.packed.manifest import RAW_DTYPES
 from pet_core.packed.tensor_blob import decode_tensor, encode_tensor
 from pet_core.pretrained import ZOO_VERSION
 from pet_core.size import model_bytes
 from pet_core.workbench import Workbench
 from pet_core.zoo import build_model, list_models
 
-RAW_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 def packed_model_info(baseline) -> dict:

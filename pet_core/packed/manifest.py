@@ -1,0 +1,218 @@
+"""The packed manifest, checked against the file and the zoo before a single tensor is allocated.
+
+A manifest is data from the file, so nothing in it is trusted: every field the decoder reads is
+checked for type and range here, each tensor's shape must be the one the zoo architecture has
+(built on the ``meta`` device, which allocates nothing), the model may hold at most
+``PET_MAX_PACKED_VALUES`` values, every blob lies inside the payload, a raw tensor's blob holds
+exactly its bytes and a coded tensor's blob is no longer than its streams can be. After these
+checks, decoding allocates memory in proportion to the (bounded) model, never to a number
+written in the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+
+from pet_core.bounded import shown, shown_key
+from pet_core.errors import PetError
+from pet_core.packed.huffman import COUNT_BITS, LENGTH_BITS, MAX_CODE_BITS, MAX_WIDTH
+from pet_core.steps import QUANT_BITS
+from pet_core.zoo import build_model, list_models
+
+RAW_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+             "int8": 1, "uint8": 1, "bool": 1}
+RAW_DTYPES = tuple(RAW_BYTES)
+KINDS = ("float32", "symmetric", "asymmetric", "shared")
+LAYOUTS = ("dense", "bitmask", "relative")
+MAX_INDEX_BITS = 16
+MAX_CODEBOOK = 256
+MAX_SIDE = 65536                 # one input dimension (C, H or W)
+MAX_CLASSES = 1 << 20
+DEFAULT_MAX_VALUES = 1 << 26     # 64 Mi values: 256 MiB as float32
+
+
+def max_values() -> int:
+    """The most values (parameters and buffers) a packed model may declare: $PET_MAX_PACKED_VALUES."""
+    text = os.environ.get("PET_MAX_PACKED_VALUES", "").strip()
+    if not text:
+        return DEFAULT_MAX_VALUES
+    if not text.isdigit() or len(text) > 15:
+        raise PetError(f"PET_MAX_PACKED_VALUES = {shown(text)} must be a whole number of values")
+    return int(text)
+
+
+def _get(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise PetError(f"manifest: {where} must be a mapping, got {shown(obj)}")
+    if key not in obj:
+        raise PetError(f"manifest: {where}.{key} is missing")
+    return obj[key]
+
+
+def _int(obj: Any, key: str, where: str, lo: int, hi: int) -> int:
+    value = _get(obj, key, where)
+    if type(value) is not int or not lo <= value <= hi:          # type(): True is not 1 here
+        raise PetError(f"manifest: {where}.{key} = {shown(value)} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def _choice(obj: Any, key: str, where: str, choices: tuple) -> Any:
+    value = _get(obj, key, where)
+    if type(value) not in (str, int) or value not in choices:
+        raise PetError(f"manifest: {where}.{key} = {shown(value)} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _list(obj: Any, key: str, where: str) -> list:
+    value = _get(obj, key, where)
+    if not isinstance(value, list):
+        raise PetError(f"manifest: {where}.{key} must be a list, got {shown(value)}")
+    return value
+
+
+def _shape(obj: Any, key: str, where: str) -> list[int]:
+    shape = _list(obj, key, where)
+    if len(shape) > 4 or any(type(d) is not int or not 0 <= d <= 1 << 31 for d in shape):
+        raise PetError(f"manifest: {where}.{key} = {shown(shape)} is not a tensor shape")
+    return shape
+
+
+def check_container(m: Any, payload_bytes: int) -> list[tuple[int, int, str]]:
+    """The blob table ``[(offset, length, digest), ...]`` after checking it lies inside the payload."""
+    blobs = []
+    for i, row in enumerate(_list(m, "blobs", "")):
+        where = f"blobs[{i}]"
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[2], str) and len(row[2]) <= 64
+                and all(type(v) is int for v in row[:2])):
+            raise PetError(f"manifest: {where} = {shown(row)} is not [offset, length, digest]")
+        offset, length, sha = row
+        if not (0 <= offset and 0 <= length and offset + length <= payload_bytes):
+            raise PetError(f"manifest: {where} spans bytes {shown(offset)}..{shown(offset + length)} "
+                           f"of a {payload_bytes}-byte payload")
+        blobs.append((offset, length, sha))
+    return blobs
+
+
+def zoo_shapes(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Every parameter and buffer shape of a zoo model, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = build_model(arch, input_shape, num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_model(m: dict, blobs: list[tuple[int, int, str]]) -> tuple[str, tuple[int, int, int], int]:
+    """Check the model identity and every tensor entry; returns (arch, input_shape, num_classes).
+
+    Raises PetError naming the first field that is missing, of the wrong type or out of range.
+    """
+    ident = _get(m, "model", "")
+    arch = _choice(ident, "arch", "model", tuple(info.name for info in list_models()))
+    input_shape = _shape(ident, "input_shape", "model")
+    if len(input_shape) != 3 or not all(1 <= d <= MAX_SIDE for d in input_shape):
+        raise PetError(f"manifest: model.input_shape = {shown(input_shape)} is not (C, H, W)")
+    budget = max_values()
+    if math.prod(input_shape) > budget:
+        raise PetError(f"manifest: model.input_shape = {input_shape} has more than {budget:,} values")
+    classes = _int(ident, "num_classes", "model", 1, MAX_CLASSES)
+    recipe = m.get("recipe")
+    if recipe is not None and not isinstance(recipe, dict):
+        raise PetError(f"manifest: recipe = {shown(recipe)} must be a mapping or null")
+    if m.get("huffman") is not None and type(m.get("huffman")) is not bool:
+        raise PetError(f"manifest: huffman = {shown(m.get('huffman'))} must be true, false or null")
+    shapes = zoo_shapes(arch, tuple(input_shape), classes)
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > budget:
+        raise PetError(f"manifest: {arch} on {input_shape} has {total:,} values, more than the {budget:,} "
+                       f"allowed (PET_MAX_PACKED_VALUES)")
+    seen, stored = set(), 0
+    for i, entry in enumerate(_list(m, "tensors", "")):
+        name = _get(entry, "name", f"tensors[{i}]")
+        if not isinstance(name, str) or name not in shapes or name in seen:
+            raise PetError(f"manifest: tensors[{i}].name = {shown(name)} is not a {arch} tensor (or repeats one)")
+        seen.add(name)
+        where = f"tensors.{shown_key(name)}"
+        shape = _shape(entry, "shape", where)
+        if tuple(shape) != shapes[name]:
+            raise PetError(f"manifest: {where}.shape = {shape} but {arch} has {list(shapes[name])}")
+        if "raw" in entry:
+            dtype = _choice(entry, "raw", where, RAW_DTYPES)
+            length = _blob(entry, where, blobs)
+            if length != math.prod(shape) * RAW_BYTES[dtype]:
+                raise PetError(f"manifest: {where} has {length} bytes, not a {dtype} {shape}")
+            continue
+        stored += _check_parts(entry, where, shape, blobs)
+        if stored > budget:
+            raise PetError(f"manifest: the stored tensors have more than {budget:,} values")
+    missing = sorted(set(shapes) - seen)
+    if missing:
+        raise PetError(f"manifest: {arch} tensor {shown_key(missing[0])} is missing")
+    return arch, tuple(input_shape), classes
+
+
+def _blob(entry: dict, where: str, blobs: list) -> int:
+    return blobs[_int(entry, "blob", where, 0, len(blobs) - 1)][1]
+
+
+def _check_parts(entry: dict, where: str, shape: list[int], blobs: list) -> int:
+    """Check a coded weight's stored tensors (one, or two low-rank factors); returns their values."""
+    parts = _list(entry, "parts", where)
+    if len(parts) not in (1, 2):
+        raise PetError(f"manifest: {where}.parts has {len(parts)} tensors (1, or 2 low-rank factors)")
+    dims = [_check_part(p, f"{where}.parts[{j}]", blobs) for j, p in enumerate(parts)]
+    n = math.prod(shape)
+    if len(dims) == 1 and math.prod(dims[0]) != n:
+        raise PetError(f"manifest: {where}.parts[0].shape = {dims[0]} does not hold {shape}")
+    if len(dims) == 2:
+        first, second = dims
+        ok = (len(first) == 2 and len(second) == 2 and first[1] == second[0]
+              and 1 <= first[1] <= min(first[0], second[1]) and first[0] * second[1] == n)
+        if not ok:
+            raise PetError(f"manifest: {where} factors {first} x {second} do not make {shape}")
+    return sum(math.prod(d) for d in dims)
+
+
+def _check_part(p: Any, where: str, blobs: list) -> list[int]:
+    """Every field :func:`pet_core.packed.tensor_blob.decode_tensor` reads; returns the part's shape."""
+    if not isinstance(_get(p, "name", where), str):
+        raise PetError(f"manifest: {where}.name must be text")
+    shape = _shape(p, "shape", where)
+    n = math.prod(shape)
+    kind = _choice(p, "kind", where, KINDS)
+    bits = {"float32": (32,), "shared": tuple(range(1, 9))}.get(kind, QUANT_BITS)
+    b = _choice(p, "value_bits", where, bits)
+    groups = _int(p, "groups", where, *((1, max(n, 1)) if kind in ("symmetric", "asymmetric") else (0, 0)))
+    if groups and n % groups:
+        raise PetError(f"manifest: {where}.groups = {groups} does not divide its {n} values")
+    codebook = _int(p, "codebook", where, *((0, MAX_CODEBOOK) if kind == "shared" else (0, 0)))   # 0: all pruned
+    layout = _choice(p, "layout", where, LAYOUTS)
+    widths = {"values": b}
+    count = n
+    if layout == "relative":
+        widths["gaps"] = _int(p, "index_bits", where, 1, MAX_INDEX_BITS)
+        count = _int(p, "entries", where, 0, n)                  # each entry stands for >= 1 position
+    zero = _get(p, "zero_code", where)
+    if zero is not None and (type(zero) is not int or not 0 <= zero < 1 << b):
+        raise PetError(f"manifest: {where}.zero_code = {shown(zero)} is not a {b}-bit code")
+    flags = _get(p, "flags", where)
+    if type(flags) is not bool or (flags and zero is None):
+        raise PetError(f"manifest: {where}.flags = {shown(flags)} must be true (with a zero_code) or false")
+    coded = _get(p, "huffman", where)
+    if not isinstance(coded, dict) or any(k not in widths or type(v) is not bool or (v and widths[k] > MAX_WIDTH)
+                                          for k, v in coded.items()):
+        raise PetError(f"manifest: {where}.huffman = {shown(coded)} is not a Huffman flag per stream")
+    overhead = 4 * (codebook if kind == "shared" else groups * (2 if kind == "asymmetric" else 1))
+    stream_bits = n * (layout == "bitmask") + count * (layout != "bitmask" and zero is not None and flags)
+    for stream, width in widths.items():
+        if coded.get(stream):
+            table = COUNT_BITS + min(1 << width, max(count, 1)) * (width + LENGTH_BITS)
+            stream_bits += table + count * MAX_CODE_BITS
+        else:
+            stream_bits += count * width
+    length = _blob(p, where, blobs)
+    if length > overhead + (stream_bits + 7) // 8:
+        raise PetError(f"manifest: {where} blob has {length} bytes, more than its streams can fill")
+    return shape
