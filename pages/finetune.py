@@ -12,6 +12,7 @@ from pet_core.figures import training_curves
 from pet_core.runs import identity
 from pet_core.training import pick_device
 from studio import jobs, state
+from studio.text import plain
 from studio.controls import finetune_from_controls
 
 ss = st.session_state
@@ -83,7 +84,7 @@ if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
         st.rerun()
     except PetError as exc:
         ledger.update(run_id, status="cancelled", error=str(exc))
-        st.error(str(exc))
+        st.error(plain(exc))
 if b2.button("⏹️ Stop", disabled=not running, key="f_stop"):
     jobs.runner().cancel(handle.job.id)
 

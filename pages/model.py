@@ -12,6 +12,7 @@ from pet_core.loader import load_baseline
 from pet_core.model_io import env_trusts_code
 from pet_core.zoo import list_models
 from studio import state
+from studio.text import plain
 from studio.session_files import session_dir
 
 state.init()  # also here: a fresh server's first run may execute this page alone
@@ -67,18 +68,19 @@ if submitted:
         st.error("Choose a model file to upload, or pick a zoo model.")
     else:
         try:
-            loaded = load_baseline(_save_upload(upload), dataset_spec, data_dir if dataset == "mnist" else None,
+            saved = _save_upload(upload)     # the path in this session's folder: workers and Export reload it
+            loaded = load_baseline(saved, dataset_spec, data_dir if dataset == "mnist" else None,
                                    arch=None if arch == "infer" else arch, trust_code=trust_code)
-            loaded.model_name = upload.name
             st.session_state["user_baseline"] = loaded
-            state.set_source(upload.name, dataset_spec, data_dir if dataset == "mnist" else None)
+            state.set_source(saved, dataset_spec, data_dir if dataset == "mnist" else None)
         except PetError as exc:
-            st.error(f"{upload.name}: {exc}")
+            st.error(f"{plain(upload.name, 80)} was not loaded:")
+            st.code(str(exc), language=None, wrap_lines=True)
 
 base = state.baseline()
 if base is not None:
     ds = base.dataset
-    st.success(f"**{st.session_state['source']['model']}** on **{ds.name}**: "
+    st.success(f"**{plain(Path(st.session_state['source']['model']).name, 80)}** on **{plain(ds.name, 80)}**: "
                f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images of {list(ds.input_shape)}, "
                f"{ds.num_classes} classes. {ds.note}")
     wb = state.workbench()

@@ -11,6 +11,7 @@ from pet_core.errors import PetError
 from pet_core.figures import pareto_figure
 from pet_core.recipe import Recipe
 from studio import jobs, state
+from studio.text import plain
 from studio.pareto_view import lineage_edges, run_points
 
 ss = st.session_state
@@ -38,7 +39,7 @@ with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
                                       label=f"sweep {len(sparsities)}×{len(bits)}")
             st.rerun()
         except PetError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
     if c2.button("⏹️ Stop sweep", disabled=not running, key="p_stop"):
         jobs.runner().cancel(handle.job.id)
 

@@ -122,7 +122,7 @@ def switch_zoo_source(model: str, dataset: str, data_dir: str | None = None) -> 
     try:
         shared_baseline(model, dataset, data_dir or None, train=False)
     except PetError as exc:
-        st.error(f"Could not load {model} on {dataset}:")
+        st.error(f"Could not load {plain(model, 80)} on {plain(dataset, 80)}:")
         st.code(str(exc), language=None, wrap_lines=True)
         return False
     ss.pop("user_baseline", None)
@@ -200,7 +200,7 @@ def _show_pretraining() -> None:
             ss.pop("pretrain_job", None)
             st.rerun()
         else:
-            st.error(f"Training {handle.job.label} did not finish ({status['state']}):")
+            st.error(f"Training {plain(handle.job.label, 80)} did not finish ({status['state']}):")
             st.code(str(status.get("error") or status.get("reason") or ""), language=None, wrap_lines=True)
 
     progress()
@@ -215,7 +215,7 @@ def baseline() -> Baseline | None:
     try:
         base = shared_baseline(s["model"], s["dataset"], s.get("data_dir"))
     except PetError as exc:
-        st.error(f"Could not load {s['model']} on {s['dataset']}:")
+        st.error(f"Could not load {plain(Path(s['model']).name, 80)} on {plain(Path(s['dataset']).name, 80)}:")
         st.code(str(exc), language=None, wrap_lines=True)
         return None
     if base is None:
@@ -297,13 +297,14 @@ def evaluate() -> dict[str, Any] | None:
     try:
         wb.apply(r)
     except PetError as exc:
-        st.error(str(exc))
+        st.error("This recipe cannot be applied:")
+        st.code(str(exc), language=None, wrap_lines=True)
         return None
     report = wb.report()
     try:
         report["run_id"] = record_evaluation(ledger(), baseline(), report, owner=user())
     except PetError as exc:   # the numbers still show; say why they were not kept
-        st.warning(f"This configuration was not recorded in the run ledger: {exc}")
+        st.warning(f"This configuration was not recorded in the run ledger: {plain(exc)}")
     ss["report"] = (key, wb, report)
     return report
 

@@ -61,18 +61,21 @@ def _streamlit_get(static_dir: Path, rel: str) -> tuple[int, dict, bytes]:
             return exc.status_code, {}, b""
         messages = []
 
-        requested = asyncio.Event()
+        requested, finished = asyncio.Event(), asyncio.Event()
 
-        async def receive():  # the request has no body; then the client just waits
+        async def receive():  # the request has no body; the client disconnects once the body is sent
             if not requested.is_set():
                 requested.set()
                 return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.Event().wait()
+            await finished.wait()
+            return {"type": "http.disconnect"}
 
         async def send(message):
             messages.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished.set()
 
-        await response(scope, receive, send)
+        await asyncio.wait_for(response(scope, receive, send), timeout=60)
         start = next(m for m in messages if m["type"] == "http.response.start")
         headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
         body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
