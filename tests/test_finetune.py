@@ -111,8 +111,8 @@ def test_masked_finetune_keeps_pruned_weights_and_channel_biases_zero():
         ptq(wb, recipe).report()["compressed"]["weight_sparsity"], abs=1e-9)
 
 
-def test_qat_beats_post_training_quantization_at_3_bits():
-    default = {"quantize": {"bits": 3, "scheme": "symmetric", "granularity": "per_tensor"}}
+def test_qat_beats_post_training_quantization_at_2_bits():
+    default = {"quantize": {"bits": 2, "scheme": "symmetric", "granularity": "per_tensor"}}
     wb, recipe, res = run("resnet_mini", default, {"steps": 30, "lr": 1e-3, "techniques": {"qat": {}}})
     ptq_acc = ptq(wb, recipe).evaluate()
     qat_acc = res.report["compressed"]["accuracy"]
@@ -120,10 +120,10 @@ def test_qat_beats_post_training_quantization_at_3_bits():
                      baseline("resnet_mini").dataset.y_test)
     assert abs(qat_acc - baked) <= 0.005          # re-quantising QAT-trained values is idempotent
     assert qat_acc > ptq_acc + 0.03, (ptq_acc, qat_acc)
-    assert res.report["finetune"]["attached"]["fc"] == "fake-quant int3"
+    assert res.report["finetune"]["attached"]["fc"] == "fake-quant int2"
     for row in res.report["layers"]:
         if row["name"] in compressible_layers(res.model):
-            assert row["bits"] == 3
+            assert row["bits"] == 2
 
 
 def test_shared_centroids_stay_at_most_k_and_move():
