@@ -14,6 +14,7 @@ from safetensors.torch import save
 from pet_core.errors import PetError
 from pet_core.export.artifacts import FORMATS, make_artifact
 from pet_core.figures import pareto_figure, sparsity_bars
+from pet_core.pareto import summarize_recipe
 from pet_core.physical import physical_workbench
 from pet_core.recipe import Recipe, dumps, loads
 from pet_core.report import cli_command, html_report
@@ -61,7 +62,8 @@ if wanted is None and ss.get("x_run") not in ids:
 if wanted in ids:
     ss["x_run"] = wanted
 run_id = st.selectbox("Run to export", ids, key="x_run",
-                      format_func=lambda i: f"#{i} · {by_id[i]['kind']} · {by_id[i]['label'] or 'baseline'} · "
+                      format_func=lambda i: f"#{i} · {by_id[i]['kind']} · "
+                                            f"{by_id[i]['label'] or summarize_recipe(by_id[i]['recipe'])} · "
                                             f"{by_id[i]['metrics'].get('accuracy', 0):.2%} · "
                                             f"{by_id[i]['metrics'].get('size_bytes', 0):,} B")
 if run_id is None:
@@ -142,6 +144,8 @@ if artifacts:
             st.iframe(publish(data, a["path"].rsplit("/", 1)[-1]), height=560)
 
 st.subheader("Load a recipe")
+if flash := ss.pop("x_flash", None):
+    st.success(flash)
 upload = st.file_uploader("Recipe file (.yaml, .yml or .json)", type=["yaml", "yml", "json"])
 if upload is not None and ss.get("recipe_upload_seen") != upload.file_id:
     ss["recipe_upload_seen"] = upload.file_id
@@ -150,7 +154,7 @@ if upload is not None and ss.get("recipe_upload_seen") != upload.file_id:
         new = loads(text, "json" if upload.name.endswith(".json") else "yaml")
         resolve(new.default, new.layers, state.workbench().names)
         state.set_recipe(new)
-        st.success("Loaded the recipe; Compress now shows it.")
+        ss["x_flash"] = "Loaded the recipe; Compress now shows it."
         st.rerun()
     except (PetError, UnicodeDecodeError) as exc:
         st.error("The recipe file was not loaded:")

@@ -75,7 +75,7 @@ if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
     run_id = ledger.record("fine-tuned", model=ident["model"], model_hash=ident["model_hash"],
                            dataset=ident["dataset"], dataset_hash=ident["dataset_hash"], recipe=recipe.to_dict(),
                            parent_id=report.get("run_id"), status="queued", owner=state.user(),
-                           label=f"fine-tuned: {state.summary()}", extra=ident.get("extra", {}))
+                           label=state.summary(), extra=ident.get("extra", {}))
     try:
         ss["finetune_job"] = jobs.submit("finetune", {
             "source": source, "recipe": recipe.to_dict(), "ledger_path": str(ledger.path), "run_id": run_id,
@@ -103,6 +103,8 @@ def live() -> None:
         st.info(f"Waiting for a free worker: {jobs.runner().position(job)} job(s) ahead "
                 f"(the server runs {jobs.runner().max_workers} at a time).")
     last = status.get("progress") or {}
+    if status["state"] == "running" and not last.get("steps"):
+        st.info(f"⏳ Preparing in a worker process (loading the model and data)… {status.get('elapsed_s', 0):.0f} s")
     if status["state"] == "running" and last.get("steps"):
         st.progress(min(1.0, last["step"] / max(1, last["steps"])),
                     text=f"step {last['step']}/{last['steps']} · {last.get('samples_per_s', 0):,.0f} samples/s · "

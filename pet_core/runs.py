@@ -106,7 +106,10 @@ def record_evaluation(ledger: Ledger, baseline: Baseline, report: dict[str, Any]
     ident = identity(baseline)
     if parent_id is None:
         parent_id = record_baseline(ledger, baseline, owner, numbers=report.get("baseline"))
-    return ledger.record(kind, **_source(ident), recipe=post_training_recipe(report.get("recipe")),
+    from pet_core.pareto import summarize_recipe
+
+    recipe = post_training_recipe(report.get("recipe"))
+    return ledger.record(kind, **_source(ident), recipe=recipe, label=summarize_recipe(recipe),
                          metrics=compressed_metrics(report), extra=ident["extra"], parent_id=parent_id, owner=owner)
 
 

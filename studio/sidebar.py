@@ -9,6 +9,7 @@ from studio.text import plain
 def render(where) -> None:
     """Fill ``where`` (a sidebar container made before the page ran) after the page ran."""
     src = st.session_state["source"]
+    state.keep_in_address()
     with where:
         name = st.text_input("👤 Your name", value=state.user(), key="s_user", max_chars=32,
                              help="your runs are recorded under this name; kept in the page address")

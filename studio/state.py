@@ -263,6 +263,18 @@ def summary() -> str:
     return summarize_recipe(recipe().to_dict())
 
 
+def keep_in_address() -> None:
+    """Keep the user name and (where a link may carry it) the recipe in the address on every page,
+    so a reload or a bookmark of any page comes back as the same user with the same settings."""
+    if st.query_params.get("user") != user():
+        st.query_params["user"] = user()
+    s = ss["source"]
+    if is_zoo_name(s["model"]) and s["dataset"] in LINK_DATASETS:
+        token = to_token(recipe().replace(model=s["model"], dataset=s["dataset"]))
+        if st.query_params.get("recipe") != token:
+            st.query_params["recipe"] = token
+
+
 def share_link() -> str:
     return f"?recipe={to_token(recipe().replace(model=ss['source']['model'], dataset=ss['source']['dataset']))}"
 

@@ -439,9 +439,6 @@ def test_runs_survive_reload_and_restart_and_cli_runs_show_up(digits_cache, brow
         page.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the user name is kept in ?user= only on the first page: Streamlit clears "
-                   "query parameters on a page switch and nothing writes ?user= back (studio/state.py init, "
-                   "studio/sidebar.py), so reloading any other page starts a session as 'me' without your runs")
 def test_user_name_survives_page_switch_and_reload(plain_server, browser):
     page = browser.new_page()
     try:

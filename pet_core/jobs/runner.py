@@ -34,6 +34,7 @@ from pet_core.errors import PetError
 from pet_core.jobs.context import STOP_FILE, read_status
 
 FINAL_STATES = ("done", "stopped", "failed", "cancelled")
+JOB_NICENESS = 10
 
 
 def _env_float(name: str, default: float) -> float:
@@ -86,6 +87,10 @@ def _run_in_worker(task: str, kwargs: dict[str, Any], folder: str, time_cap_s: f
     from pet_core.jobs.tasks import TASKS, _one_line
 
     torch.set_num_threads(max(1, threads))
+    try:
+        os.nice(JOB_NICENESS)     # a job yields the CPU to the sessions' sliders
+    except OSError:
+        pass
     ctx = JobContext(folder, time_cap_s)
     ctx.write("running")
     try:
