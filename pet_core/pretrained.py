@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from pet_core.data import Dataset
