@@ -78,6 +78,17 @@ class Job:
         return self.state in ("finished", "cancelled")
 
 
+def _watch_parent(parent_pid: int) -> None:
+    """In a worker: exit when the server that started it is gone, instead of lingering as an orphan."""
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="pet-parent-watch", daemon=True).start()
+
+
 def _run_in_worker(task: str, kwargs: dict[str, Any], folder: str, time_cap_s: float | None,
                    threads: int) -> dict[str, Any]:
     """The worker's entry point: set this process's threads, run the task, write its final status."""
@@ -107,17 +118,17 @@ def _run_in_worker(task: str, kwargs: dict[str, Any], folder: str, time_cap_s: f
 
 @contextlib.contextmanager
 def _spawnable_main():
-    """Hide a ``__main__.__file__`` that is no file (``python -`` or ``-c``): spawn would try to run it."""
+    """Hide ``__main__`` from ``spawn`` while workers start: they need only ``pet_core``, and re-running
+    the server's main module (a script without a ``__main__`` guard, ``python -``) would be wrong."""
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    hide = path is not None and not os.path.isfile(path)
-    if hide:
-        del main.__file__
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    for k in saved:
+        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
     try:
         yield
     finally:
-        if hide:
-            main.__file__ = path
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 class JobRunner:
@@ -138,7 +149,8 @@ class JobRunner:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.max_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.max_workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_watch_parent, initargs=(os.getpid(),))
         return self._pool
 
     # ------------------------------------------------------------------ submitting
