@@ -494,3 +494,36 @@ def test_slider_responsive_while_another_session_trains(digits_cache, browser, t
         screenshot(b, "wf_responsive_session_b")
         a.close()
         b.close()
+
+
+# --- 5. a closed tab's job is cancelled -------------------------------------------------------------
+
+def test_closing_the_tab_cancels_its_fine_tune(digits_cache, browser, tmp_path):
+    """Issue 8: a job belongs to its session; closing the tab stops it long before it would finish."""
+    workspace = tmp_path / "ws"
+    with app_server(digits_cache, workspace, env={"PET_SESSION_GRACE_S": "2"}) as url:
+        page = browser.new_page()
+        open_url(page, f"{url}/finetune", tb.TITLES["finetune"])
+        epochs = page.get_by_label("Epochs")
+        epochs.fill("60")
+        epochs.press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name=re.compile("Start")).first.click()
+        deadline = time.monotonic() + 180
+        while True:             # the worker has started training: its run is "running" in the ledger
+            runs = ledger_runs(workspace, kinds=["fine-tuned"])
+            if runs and runs[-1]["status"] == "running":
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.5)
+        run_id = runs[-1]["id"]
+        page.close()
+        deadline = time.monotonic() + 120
+        while ledger_runs(workspace, kinds=["fine-tuned"])[-1]["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, "the closed tab's fine-tune was not stopped"
+            time.sleep(0.5)
+        run = ledger_runs(workspace, kinds=["fine-tuned"])[-1]
+        assert run["id"] == run_id and run["status"] == "stopped", run
+        done = run["metrics"]["finetune"]["steps"]
+        total = run["extra"]["finetune"]["total_steps"]
+        assert done < total, (done, total)   # stopped, not finished
