@@ -255,6 +255,13 @@ def user_name(page) -> str:
     return page.get_by_role("textbox", name=re.compile("Your name")).input_value()
 
 
+def expect_user(page, name: str) -> None:
+    """The sidebar's name box shows ``name`` (it is drawn after the page, so wait for it to settle)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("textbox", name=re.compile("Your name"))).to_have_value(name, timeout=RERUN_MS)
+
+
 def compress_state(page) -> dict:
     return {"sparsity": slider_value(sparsity_slider(page)), "bits": bits_value(page), **metrics(page)}
 
@@ -393,7 +400,7 @@ def test_runs_survive_reload_and_restart_and_cli_runs_show_up(digits_cache, brow
     with app_server(digits_cache, ws) as url:
         page = browser.new_page()
         open_url(page, f"{url}/compress?user={user}", "Compress")
-        assert user_name(page) == user
+        expect_user(page, user)
         for _ in range(2):
             press(page, sparsity_slider(page), "ArrowRight")
         # Reload Compress: its address carries the recipe and the user name.
@@ -401,7 +408,7 @@ def test_runs_survive_reload_and_restart_and_cli_runs_show_up(digits_cache, brow
         page.get_by_role("heading", name=re.compile("Compress")).first.wait_for(timeout=PAGE_LOAD_MS)
         wait_idle(page)
         assert slider_value(sparsity_slider(page)) == pytest.approx(0.72)
-        assert user_name(page) == user
+        expect_user(page, user)
         go(page, "pareto")
         ids = pareto_ids(page)
         mine = [r["id"] for r in ledger_runs(ws) if r["kind"] == "baseline" or r["owner"] == user]
@@ -443,12 +450,12 @@ def test_user_name_survives_page_switch_and_reload(plain_server, browser):
     page = browser.new_page()
     try:
         open_url(page, f"{plain_server}/?user=ana", tb.TITLES["home"])
-        assert user_name(page) == "ana"
+        expect_user(page, "ana")
         go(page, "pareto")
         page.reload()
         page.get_by_role("heading", name=re.compile("Pareto")).first.wait_for(timeout=PAGE_LOAD_MS)
         wait_idle(page)
-        assert user_name(page) == "ana", page.url
+        expect_user(page, "ana")
     finally:
         page.close()
 
