@@ -246,9 +246,17 @@ def grid_rows(frame) -> list[dict[str, str]]:
 
 
 def pareto_ids(page) -> list[int]:
+    """The run ids in Pareto's table, once it has drawn its rows (the baseline is always one) and they settled."""
     frame = page.locator('[data-testid="stDataFrame"]').last
     frame.wait_for()
-    return sorted(int(r["run"]) for r in grid_rows(frame))
+    deadline, last = time.monotonic() + RERUN_MS / 1000, None
+    while True:
+        ids = sorted(int(r["run"]) for r in grid_rows(frame) if r.get("run", "").isdigit())
+        if ids and ids == last:
+            return ids
+        assert time.monotonic() < deadline, f"Pareto's table shows no runs: {ids}"
+        last = ids
+        time.sleep(0.5)
 
 
 def user_name(page) -> str:
