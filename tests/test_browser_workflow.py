@@ -519,9 +519,17 @@ def test_closing_the_tab_cancels_its_fine_tune(digits_cache, browser, tmp_path):
     with app_server(digits_cache, workspace, env={"PET_SESSION_GRACE_S": "2"}) as url:
         page = browser.new_page()
         open_url(page, f"{url}/finetune", tb.TITLES["finetune"])
+        # A long run: digits train fast (60 epochs at batch 128 took 1.5 s), so the most epochs, the smallest
+        # batches and a teacher to distil from, about 3,800 steps of seconds' work.
         epochs = page.get_by_label("Epochs")
-        epochs.fill("60")
+        epochs.fill("100")
         epochs.press("Enter")
+        wait_idle(page)
+        batch = page.locator('[data-testid="stSlider"]').filter(has_text="Batch size").first.get_by_role("slider")
+        batch.focus()
+        page.keyboard.press("Home")
+        wait_idle(page)
+        page.get_by_text("Distillation from the baseline").click()
         wait_idle(page)
         page.get_by_role("button", name=re.compile("Start")).first.click()
         deadline = time.monotonic() + 180
@@ -532,6 +540,8 @@ def test_closing_the_tab_cancels_its_fine_tune(digits_cache, browser, tmp_path):
             assert time.monotonic() < deadline, runs
             time.sleep(0.5)
         run_id = runs[-1]["id"]
+        asked = runs[-1]["recipe"]["finetune"]
+        assert (asked["epochs"], asked["batch_size"], "distill" in asked["techniques"]) == (100, 32, True), asked
         page.close()
         deadline = time.monotonic() + 120
         while ledger_runs(workspace, kinds=["fine-tuned"])[-1]["status"] in ("queued", "running"):
