@@ -89,12 +89,21 @@ class Ledger:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else ledger_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with closing(self._connect()) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                self._migrate(db)
-        except sqlite3.DatabaseError as e:    # e.g. "file is not a database"
-            raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with closing(self._connect()) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    self._migrate(db)
+                return
+            except sqlite3.OperationalError as e:
+                # Switching a new file to WAL needs it alone and SQLite answers "locked" at once, without
+                # waiting, while another process creates it: try again for a while.
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as e:    # e.g. "file is not a database"
+                raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
 
     def _connect(self) -> sqlite3.Connection:
         try:
