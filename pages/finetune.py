@@ -68,9 +68,7 @@ b1, b2 = st.columns(2)
 if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
     base = state.baseline()
     ident = identity(base)
-    source = {"model": ss["source"]["model"], "dataset": ss["source"]["dataset"],
-              "data_dir": ss["source"].get("data_dir"), "arch": base.arch,
-              "trust_code": bool(base.info.get("trusted"))}
+    source = state.job_source(base)
     ledger = state.ledger()
     run_id = ledger.record("fine-tuned", model=ident["model"], model_hash=ident["model_hash"],
                            dataset=ident["dataset"], dataset_hash=ident["dataset_hash"], recipe=recipe.to_dict(),

@@ -28,10 +28,7 @@ with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
     handle = ss.get("sweep")
     running = handle is not None and not handle.job.done
     if c1.button("▶️ Run sweep", disabled=running or not sparsities or not bits, key="p_sweep"):
-        s = ss["source"]
-        base = state.baseline()
-        source = {"model": s["model"], "dataset": s["dataset"], "data_dir": s.get("data_dir"), "arch": base.arch,
-                  "trust_code": bool(base.info.get("trusted"))}
+        source = state.job_source(state.baseline())
         try:
             ss["sweep"] = jobs.submit("sweep", {"source": source, "recipe": state.recipe().to_dict(),
                                                 "sparsities": sorted(sparsities), "bits": sorted(bits),

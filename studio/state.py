@@ -244,6 +244,13 @@ def evaluate() -> dict[str, Any] | None:
     return report
 
 
+def job_source(base: Baseline) -> dict[str, Any]:
+    """What a worker process needs to load this session's baseline itself (with the same trust)."""
+    s = ss["source"]
+    return {"model": s["model"], "dataset": s["dataset"], "data_dir": s.get("data_dir"), "arch": base.arch,
+            "trust_code": bool(base.info.get("trusted"))}
+
+
 def source_identity() -> dict[str, Any] | None:
     from pet_core.runs import identity
 
@@ -257,7 +264,7 @@ def runs(everyone: bool = False, kinds: list[str] | None = None) -> list[dict[st
     if ident is None:
         return []
     rows = ledger().runs(model_hash=ident["model_hash"], dataset_hash=ident["dataset_hash"],
-                         owner=None if everyone else None, kinds=kinds)
+                         kinds=kinds)
     if not everyone:
         rows = [r for r in rows if r["kind"] == "baseline" or r["owner"] == user()]
     rows.sort(key=lambda r: (r["kind"] != "baseline", r["id"]))
