@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from bench.common import Context, Goal, Result, measure_pair, median, p90, timed
+from pet_core.accuracy import top1_accuracy
 from pet_core.analysis import HIST_MAX_SAMPLES, analyze
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
@@ -66,11 +67,7 @@ def naive_fake_quant(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
 
 
 def naive_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), EVAL_BATCH):
-            correct += int((model(x[i:i + EVAL_BATCH]).argmax(1) == y[i:i + EVAL_BATCH]).sum())
-    return correct / len(y)
+    return top1_accuracy(model, x, y, batch_size=EVAL_BATCH)
 
 
 def naive_compress(base_model: nn.Module, sparsity: float, bits: int = 4) -> nn.Module:

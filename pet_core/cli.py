@@ -20,8 +20,7 @@ from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, pri
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.recipe import Recipe, load as load_recipe
-from pet_core.size import model_bytes
-from pet_core.steps import describe_steps
+from pet_core.steps import describe_methods, describe_steps
 from pet_core.zoo import list_models
 
 
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "models":
         return {"models": [dict(name=m.name, description=m.description, min_hw=m.min_hw) for m in list_models()]}
     if args.command == "steps":
-        return {"fields": describe_steps()}
+        return {"methods": describe_methods(), "fields": describe_steps()}
     if args.command == "runs":
         return runs_command(args)
     if args.command == "export" and args.run is not None:
@@ -154,9 +153,13 @@ def _finetune(args: argparse.Namespace, recipe: Recipe, baseline, wb) -> dict[st
         print(f"SIGTERM: stopped at step {f['steps']}/{f['total_steps']}; {kept}", file=sys.stderr)
         args.exit_status = 128 + signal.SIGTERM
     if out is not None:
+        from pet_core.export.artifacts import write_packed_artifact
+
         save_state_dict(result.model, out / "model.safetensors")
         save_recipe(recipe, out / "recipe.yaml")
-        report["packed"] = _write_packed(result.workbench, baseline, out / "model.petz")
+        # the fine-tuned model as a packed file (Huffman-coded), for zoo architectures (packed rebuilds those only)
+        report["packed"] = (None if baseline.arch is None else
+                            write_packed_artifact(result.workbench, baseline, out / "model.petz", huffman=True))
         (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -174,17 +177,6 @@ def _stop_on_sigterm(stop: threading.Event):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _write_packed(wb, baseline, path: Path) -> dict[str, Any] | None:
-    """The fine-tuned model as a packed file (Huffman-coded): its real, measured size."""
-    from pet_core.packed import packed_model_info, save_packed
-
-    if baseline.arch is None:   # packed files rebuild zoo architectures only
-        return None
-    info = save_packed(wb, path, huffman=True, model_info=packed_model_info(baseline))
-    return {"path": str(path), "file_bytes": info["file_bytes"], "kind": "measured",
-            "compression_ratio": model_bytes(baseline.model) / info["file_bytes"]}
-
-
 def _print_text(command: str, out: Any) -> None:
     if command == "runs":
         print_runs(out)
@@ -196,9 +188,12 @@ def _print_text(command: str, out: Any) -> None:
             print(f"{m['name']:16s} {m['description']}")
         return
     if command == "steps":
-        print("| step | field | default | allowed | help |\n|---|---|---|---|---|")
+        print("| step | method | what it does |\n|---|---|---|")
+        for m in out["methods"]:
+            print(f"| {m['step']} | {m['name']} | {m['summary']} |")
+        print("\n| step | method | field | default | allowed | help |\n|---|---|---|---|---|---|")
         for f in out["fields"]:
-            cells = [str(f[k]).replace("|", "\\|") for k in ("step", "field", "default", "allowed", "help")]
+            cells = [str(f[k]).replace("|", "\\|") for k in ("step", "method", "field", "default", "allowed", "help")]
             print("| " + " | ".join(cells) + " |")
         return
     if command == "analyze":

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
+from pet_core.atomic import atomic_write_bytes, atomic_write_text
 from pet_core.data import Dataset
 from pet_core.errors import PetError
 from pet_core.training import accuracy, train_classifier
@@ -63,18 +63,6 @@ def _cache_stem(name: str, ds: Dataset, seed: int) -> str:
     """File stem that changes whenever the model, data, shape, classes, seed or zoo version do."""
     shape = "x".join(str(v) for v in ds.input_shape)
     return f"{name}-{ds.fingerprint}-{shape}-c{ds.num_classes}-s{seed}-v{ZOO_VERSION}"
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the result into place, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cache_max_bytes() -> int:
@@ -169,7 +157,7 @@ def pretrained(
     Returns the model (eval mode, CPU) and {accuracy, epochs, train_seconds, dataset, model, cached, path,
     sha256}, plus ``retrained_reason`` when a cached copy existed but could not be used.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     stem = _cache_stem(name, ds, seed)
     weights, meta = cache_dir() / f"{stem}.safetensors", cache_dir() / f"{stem}.json"
@@ -212,9 +200,9 @@ def pretrained(
     }
     # safetensors refuses shared or non-contiguous storage, so hand it independent copies
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp))
+    atomic_write_bytes(weights, save(state))
     info["sha256"] = _sha256(weights)
-    _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+    atomic_write_text(meta, json.dumps(info, indent=1))
     evict_cache(keep=stem)
     extra = {"retrained_reason": reason} if reason is not None else {}
     return model.eval(), {**info, "cached": False, "path": str(weights), **extra}

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pet_core.accuracy import top1_accuracy
+
 
 def pick_device() -> torch.device:
     """CUDA if available, else Apple MPS if available, else CPU."""
@@ -32,19 +34,7 @@ def _autocast(device: torch.device):
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Fraction of ``x`` (N,...) classified as ``y`` (N,), evaluated in eval mode on the model's device."""
     model.eval()
-    if len(y) == 0:
-        return 0.0
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:  # parameter-free (e.g. some TorchScript) models run on CPU
-        device = torch.device("cpu")
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)  # (b, C, H, W)
-            pred = model(xb).argmax(dim=1).cpu()  # (b,)
-            correct += int((pred == y[i : i + batch_size]).sum())
-    return correct / len(y)
+    return top1_accuracy(model, x, y, batch_size=batch_size)
 
 
 def train_classifier(

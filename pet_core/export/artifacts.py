@@ -19,6 +19,7 @@ from torch import nn
 from pet_core.errors import PetError
 from pet_core.export import onnx_export as ox
 from pet_core.latency import measure_latency
+from pet_core.size import model_bytes
 
 FORMATS = ("packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict")
 ONNX_FORMATS = ("onnx", "onnx-int8", "onnx-int8-static")
@@ -140,16 +141,25 @@ def _write_torch(fmt, wb, baseline, model, shape, path) -> nn.Module | None:
         clone = copy.deepcopy(model)
         clone.load_state_dict(state)
         return clone.eval()
-    return _write_packed(wb, baseline, path)
+    from pet_core.packed import load_packed   # packed imports the workbench
 
-
-def _write_packed(wb, baseline, path) -> nn.Module:
-    """Our packed format (as small as the accounting), loaded back bit-exactly."""
-    from pet_core.packed import load_packed, packed_model_info, save_packed   # packed imports the workbench
-
-    save_packed(wb, path, model_info=packed_model_info(baseline))
-    model, _ = load_packed(path)
+    write_packed_artifact(wb, baseline, path)   # our packed format (as small as the accounting)
+    model, _ = load_packed(path)                # loaded back bit-exactly
     return model.eval()
+
+
+def write_packed_artifact(wb, baseline, path: str | Path, *, huffman: bool = False) -> dict[str, Any]:
+    """Write ``wb.model`` as a packed file (zoo architectures only); its real, measured size.
+
+    ``huffman`` Huffman-codes value codes and index gaps where that is smaller. Returns
+    {path, file_bytes, kind: "measured", compression_ratio: baseline model bytes / file bytes}.
+    A model outside the zoo is a PetError (packed files rebuild zoo architectures only).
+    """
+    from pet_core.packed import packed_model_info, save_packed   # packed imports the workbench
+
+    info = save_packed(wb, path, huffman=huffman, model_info=packed_model_info(baseline))
+    return {"path": str(path), "file_bytes": info["file_bytes"], "kind": "measured",
+            "compression_ratio": model_bytes(baseline.model) / info["file_bytes"]}
 
 
 # ---------------------------------------------------------------- latency

@@ -20,6 +20,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from pet_core.accuracy import top1_accuracy
 from pet_core.errors import PetError
 from pet_core.model_io import save_state_dict
 
@@ -262,11 +263,8 @@ def onnx_accuracy(path, x, y, batch: int = 1024, *, session=None) -> float:
     name = sess.get_inputs()[0].name
     x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    correct = 0
-    for i in range(0, len(x), batch):
-        logits = sess.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
-        correct += int((logits.argmax(1) == y[i:i + batch]).sum())
-    return correct / max(1, len(y))
+    return top1_accuracy(lambda xb: sess.run(None, {name: np.ascontiguousarray(xb, dtype=np.float32)})[0],
+                         x, y, batch_size=batch)
 
 
 def _line(e: BaseException) -> str:

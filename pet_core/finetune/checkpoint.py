@@ -11,14 +11,13 @@ Writes are atomic: the payload goes to a temporary file in the same folder, is f
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pet_core.atomic import atomic_write
 from pet_core.errors import PetError
 from pet_core.finetune.trainer import RunState
 
@@ -50,17 +49,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         "rng": torch.get_rng_state(),
         "cuda_rng": _cuda_rng(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=FILENAME + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())   # on disk before the rename, so a crash cannot leave an empty file in place
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    # fsync: on disk before the rename, so a crash cannot leave an empty file in place
+    return atomic_write(path, lambda f: torch.save(payload, f), fsync=True)
 
 
 def load_checkpoint(directory: str | Path, recipe: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pet_core.atomic import atomic_write_text
+
 STATUS_FILE = "status.json"
 STOP_FILE = "stop"
 # Live states a status file can hold; the runner adds "queued" and "cancelled" for jobs never started.
@@ -29,9 +31,7 @@ class JobStopped(Exception):
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON so that readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, default=str), prefix=f".{path.name}.", mode=0o644)
 
 
 def read_status(folder: Path) -> dict[str, Any]:

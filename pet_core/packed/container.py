@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
+from pet_core.atomic import atomic_write
 from pet_core.bounded import check_tree, env_bytes, inflate, shown
 from pet_core.errors import PetError
 from pet_core.packed.manifest import check_container
@@ -58,17 +57,14 @@ def write_container(path: str | Path, manifest: dict, blobs: list[bytes]) -> dic
     packed = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 9)
     head = _HEAD.pack(MAGIC, PACKED_VERSION, 0, len(packed), hashlib.sha256(packed).digest())
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            f.write(packed)
-            for blob in blobs:
-                f.write(blob)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(f) -> None:
+        f.write(head)
+        f.write(packed)
+        for blob in blobs:
+            f.write(blob)
+
+    atomic_write(path, write)
     header = _HEAD.size + len(packed)
     return dict(file_bytes=header + offset, header_bytes=header, payload_bytes=offset)
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from pet_core.atomic import atomic_write_bytes
 from studio.netron.patches import netron_version, patches_digest, patch_report, served_files
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,7 @@ def publish(model_bytes: bytes, filename: str, *, static_dir: Path | None = None
     with _lock:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data, prefix=".tmp-", mode=0o644)
         # Recency is the file's mtime, strictly increasing within this process.
         _last_mtime_ns = max(time.time_ns(), _last_mtime_ns + 1)
         os.utime(path, ns=(_last_mtime_ns, _last_mtime_ns))
