@@ -1,7 +1,7 @@
 """App latency: a Compress slider move measured through Streamlit itself, not just the engine.
 
 * **server side** (``bench_server``): ``streamlit.testing.v1.AppTest`` runs ``app.py`` on the
-  Compress page; a move is ``slider(key="c_sparsity@<recipe version>").set_value(v)`` then the timed ``at.run()``
+  Compress page; a move is ``slider(key="c_prune_sparsity@<recipe version>").set_value(v)`` then the timed ``at.run()``
   (the whole script: navigation, sidebar, page, engine, elements). Baseline, measured in the same
   run and interleaved: ``at.run()`` with no widget change (a plain rerun: same script, cached report).
 * **browser** (``bench_browser``): ``streamlit run app.py`` on a loopback port, Debian's Chromium
@@ -80,7 +80,7 @@ def server_rows(model: str, dataset: str, data_dir: str | None, ctx: Context) ->
     def move() -> float:
         nonlocal unchanged_moves
         before = _size(at)
-        at.slider(key=f"c_sparsity@{at.session_state['recipe_version']}").set_value(next(values))
+        at.slider(key=f"c_prune_sparsity@{at.session_state['recipe_version']}").set_value(next(values))
         t = time.perf_counter()
         at.run()
         dt = (time.perf_counter() - t) * 1e3
@@ -121,7 +121,7 @@ def server_rows(model: str, dataset: str, data_dir: str | None, ctx: Context) ->
         baseline_p90=p90(plain), baseline_min=min(plain), reps=len(moves), goals=goals,
         baseline_desc="AppTest.run() with no widget change (a plain rerun of app.py on Compress)",
         notes=(f"streamlit.testing.v1.AppTest on app.py, page Compress, recipe = the app's start recipe "
-               f"(magnitude global + int8 per_channel); slider c_sparsity set to {seq} in turn, then the "
+               f"(magnitude global + int8 per_channel); slider c_prune_sparsity set to {seq} in turn, then the "
                f"timed at.run() (navigation, sidebar, page: recipe, Workbench.apply, evaluation, report, "
                f"metrics, tables). Size metric changed on {len(moves) - unchanged_moves}/{len(moves)} "
                f"moves. ratio < 1: what the change costs on top of a plain rerun."),

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pet_core.errors import PetError
+from pet_core.recipe import Recipe
+from pet_core.steps import method_of
+
 METRIC_DIRECTIONS = {"accuracy": "higher", "size_bytes": "lower"}
 
 
@@ -51,20 +55,18 @@ def run_record(report: dict[str, Any], series: str, label: str | None = None) ->
 
 
 def summarize_recipe(recipe: dict | None) -> str:
-    """A short human label: 'prune 90% global · int4 per_channel · 1 override'."""
+    """A short human label from each step's method: 'magnitude 90% global · int4 sym per_channel · 1 override'.
+
+    >>> summarize_recipe({"pet_recipe": 1, "default": {"quantize": {"bits": 4}}})
+    'int4 sym per_channel'
+    """
     if not recipe:
         return "baseline"
-    d = recipe.get("default", {})
-    parts = []
-    if p := d.get("prune"):
-        amount = f"{p['sparsity']:.0%}" if "sparsity" in p else f"|w|≤{p['threshold']:g}"
-        parts.append(f"{p.get('method', 'magnitude')} {amount} {p.get('scope', 'global')}")
-    if q := d.get("quantize"):
-        parts.append(f"int{q.get('bits', 8)} {q.get('scheme', 'symmetric')[:3]} {q.get('granularity', 'per_channel')}")
-    if s := d.get("share"):
-        parts.append(f"k-means {s.get('clusters', 16)}")
-    if lr := d.get("low_rank"):
-        parts.append(f"rank {lr['rank']}" if "rank" in lr else f"energy {lr['energy']:.0%}")
-    if n := len(recipe.get("layers") or {}):
+    try:
+        parsed = Recipe.from_dict(recipe)
+    except PetError:
+        return "invalid recipe"
+    parts = [method_of(step, cfg).label(cfg) for step, cfg in parsed.default.items()]
+    if n := len(parsed.layers):
         parts.append(f"{n} override{'s' if n > 1 else ''}")
     return " · ".join(parts) or "no compression"

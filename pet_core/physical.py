@@ -33,8 +33,8 @@ from torch import nn
 
 from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
+from pet_core.methods.base import PruneMethod
 
-CHANNEL_METHODS = ("l1_channel", "l2_channel")
 RULE = "coupled layers (residual sums): a channel is removed only when every member pruned it (intersection)"
 
 
@@ -287,8 +287,8 @@ def channel_keep_masks(wb) -> dict[str, torch.Tensor]:
     out_layer = list(_capture_inputs(wb.model, wb.layers, wb.x_eval[:1]))[-1]
     masks = {}
     for name in wb.names:
-        p = wb.specs[name].prune
-        if name == out_layer or p is None or p.method not in CHANNEL_METHODS:
+        prune = wb.specs[name].of_kind(PruneMethod)
+        if name == out_layer or prune is None or not prune[0].structured:
             continue
         m = wb.layers[name]
         w = m.weight.detach()

@@ -12,7 +12,8 @@ A recipe is plain data (JSON or YAML). ``Recipe.to_dict()`` returns exactly what
     layers:
       "fc3": {prune: {sparsity: 0.5}, quantize: {bits: 8}}
 
-Step fields, their defaults, allowed values and help texts live in ``pet_core.steps``.
+Step fields, their defaults, allowed values and help texts live in each method's config
+(``pet_core.methods``); ``python -m pet_core steps`` lists them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import yaml
 from pet_core.bounded import MAX_TEXT_BYTES, check_size, check_tree, cut, inflate, load_yaml, shown, shown_key
 from pet_core.errors import PetError
 from pet_core.finetune.config import validate_finetune
-from pet_core.steps import STEPS, validate_step
+from pet_core.methods.base import StepConfig
+from pet_core.steps import STEPS, Patch, clashing, step_config, step_patch
 
 RECIPE_VERSION = 1
 TOP_KEYS = ("pet_recipe", "model", "dataset", "default", "layers", "finetune")
@@ -38,22 +40,39 @@ MAX_NAME_CHARS = 1024           # a model, dataset or layer pattern (paths inclu
 MAX_TOKEN_CHARS = 64 * 1024     # a share link's token; browsers cut URLs not much longer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
-    """A validated recipe. ``default`` and ``layers`` hold only the keys that were given."""
+    """A validated recipe: typed, frozen step configs (``default``) and layer overrides (``layers``).
+
+    Built from plain data (:meth:`from_dict`, or the constructor with plain mappings, which are
+    validated the same way); :meth:`to_dict` writes back exactly the keys that were given.
+
+    >>> Recipe(default={"quantize": {"bits": 4}}).default["quantize"].scheme
+    'symmetric'
+    """
 
     model: str = "lenet_300_100"
     dataset: str = "digits"
-    default: dict[str, dict[str, Any]] = field(default_factory=dict)
-    layers: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    default: dict[str, StepConfig] = field(default_factory=dict)
+    layers: dict[str, dict[str, Patch | None]] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)   # empty: post-training compression only
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(v, StepConfig) for v in self.default.values()):
+            object.__setattr__(self, "default", _default(_plain(self.default)))
+        if not all(v is None or isinstance(v, Patch) for steps in self.layers.values() for v in steps.values()):
+            object.__setattr__(self, "layers", _layers(_plain(self.layers)))
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, ready for JSON or YAML."""
         out: dict[str, Any] = {"pet_recipe": RECIPE_VERSION, "model": self.model, "dataset": self.dataset}
-        out["default"] = copy.deepcopy(self.default)
+        out["default"] = {step: cfg.to_dict() for step, cfg in self.default.items()}
         if self.layers:
-            out["layers"] = copy.deepcopy(self.layers)
+            out["layers"] = {pattern: {step: None if p is None else p.as_dict() for step, p in steps.items()}
+                             for pattern, steps in self.layers.items()}
         if self.finetune:
             out["finetune"] = copy.deepcopy(self.finetune)
         return out
@@ -62,7 +81,7 @@ class Recipe:
         """A validated copy with top-level fields replaced (``default=...``, ``layers=...``)."""
         data = self.to_dict()
         data.update(changes)
-        return Recipe.from_dict(data)
+        return Recipe.from_dict(_plain(data))
 
     @classmethod
     def from_dict(cls, data: Any) -> "Recipe":
@@ -77,20 +96,61 @@ class Recipe:
             raise PetError(f"recipe: pet_recipe = {shown(version)} is not supported (allowed: {RECIPE_VERSION})")
         model = _text(data.get("model", "lenet_300_100"), "model")
         dataset = _text(data.get("dataset", "digits"), "dataset")
-        default = _steps(_or_empty(data.get("default")), "default", allow_null=False)
-        if "quantize" in default and "share" in default:
-            raise PetError("recipe: default has both quantize and share (a layer uses quantize or share, not both)")
-        layers_in = _or_empty(data.get("layers"))
-        if not isinstance(layers_in, dict):
-            raise PetError(f"recipe: layers must be a mapping of layer name or glob to steps, got {shown(layers_in)}")
-        layers = {}
-        for pattern, steps in layers_in.items():
-            if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_NAME_CHARS:
-                raise PetError(f"recipe: layers key {shown(pattern)} must be a layer name or glob "
-                               f"(1-{MAX_NAME_CHARS} characters)")
-            layers[pattern] = _steps(_or_empty(steps), f"layers.{shown_key(pattern)}", allow_null=True)
+        default = _default(_or_empty(data.get("default")))
+        layers = _layers(_or_empty(data.get("layers")))
         finetune = validate_finetune(data["finetune"]) if data.get("finetune") is not None else {}
         return cls(model=model, dataset=dataset, default=default, layers=layers, finetune=finetune)
+
+
+def _plain(value: Any) -> Any:
+    """Step configs and patches back to plain data (a mapping may mix both when built in code)."""
+    if isinstance(value, StepConfig):
+        return value.to_dict()
+    if isinstance(value, Patch):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _default(data: Any) -> dict[str, StepConfig]:
+    if not isinstance(data, dict):
+        raise PetError(f"recipe: default must be a mapping of steps ({', '.join(STEPS)}), got {shown(data)}")
+    out = {}
+    for step, fields_ in data.items():
+        _known_step(step, "default")
+        if fields_ is None:
+            raise PetError(f"recipe: default.{step} = null (null switches a step off only in layers)")
+        out[step] = step_config(step, fields_, f"default.{step}")
+    if clash := clashing(out):
+        raise PetError(f"recipe: default has both {clash[0]} and {clash[1]} (a layer uses {clash[0]} or "
+                       f"{clash[1]}, not both)")
+    return out
+
+
+def _layers(data: Any) -> dict[str, dict[str, Patch | None]]:
+    if not isinstance(data, dict):
+        raise PetError(f"recipe: layers must be a mapping of layer name or glob to steps, got {shown(data)}")
+    layers = {}
+    for pattern, steps in data.items():
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_NAME_CHARS:
+            raise PetError(f"recipe: layers key {shown(pattern)} must be a layer name or glob "
+                           f"(1-{MAX_NAME_CHARS} characters)")
+        where = f"layers.{shown_key(pattern)}"
+        steps = _or_empty(steps)
+        if not isinstance(steps, dict):
+            raise PetError(f"recipe: {where} must be a mapping of steps ({', '.join(STEPS)}), got {shown(steps)}")
+        out: dict[str, Patch | None] = {}
+        for step, fields_ in steps.items():
+            _known_step(step, where)
+            out[step] = None if fields_ is None else step_patch(step, fields_, f"{where}.{step}")
+        layers[pattern] = out
+    return layers
+
+
+def _known_step(step: Any, where: str) -> None:
+    if step not in STEPS:
+        raise PetError(f"recipe: unknown key '{where}.{shown_key(step)}' (allowed: {', '.join(STEPS)})")
 
 
 def _text(value: Any, key: str) -> str:
@@ -103,22 +163,6 @@ def _text(value: Any, key: str) -> str:
 def _or_empty(value: Any) -> Any:
     """A missing section (``null``) is an empty mapping; anything else is checked as given."""
     return {} if value is None else value
-
-
-def _steps(data: Any, where: str, *, allow_null: bool) -> dict[str, dict[str, Any] | None]:
-    if not isinstance(data, dict):
-        raise PetError(f"recipe: {where} must be a mapping of steps ({', '.join(STEPS)}), got {shown(data)}")
-    out: dict[str, dict[str, Any] | None] = {}
-    for step, fields in data.items():
-        if step not in STEPS:
-            raise PetError(f"recipe: unknown key '{where}.{shown_key(step)}' (allowed: {', '.join(STEPS)})")
-        if fields is None:
-            if not allow_null:
-                raise PetError(f"recipe: {where}.{step} = null (null switches a step off only in layers)")
-            out[step] = None
-            continue
-        out[step] = validate_step(step, fields, f"{where}.{step}", partial=allow_null)
-    return out
 
 
 # --- text formats ------------------------------------------------------------------------------

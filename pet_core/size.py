@@ -1,20 +1,14 @@
 """Honest size accounting: the bytes of the encoding each tensor would actually be stored in.
 
-Formulas (``n`` values, ``z`` of them non-zero, ``b`` bits per stored value, all in bits, each stored
-tensor rounded up to whole bytes; see docs/size.md):
+Each stored tensor takes the smallest of its layouts (:mod:`pet_core.encoding`: dense, bitmask,
+relative indices, and any layout its prune method adds, such as N:M), plus its overhead
+(quantisation scales and offsets as float32 per group; a k-means codebook as ``m`` float32
+centroids with ``⌈log2 m⌉``-bit indices), rounded up to whole bytes. The layout used is named.
+Every other parameter and buffer (biases, BatchNorm, uncompressed layers) counts at its stored
+size, ``numel · element_size``.
 
-* dense:     ``n·b``
-* bitmask:   ``n + z·b``                      (one presence bit per position, then the non-zeros)
-* relative:  ``(z + f)·(p + b)``              (Deep Compression: each entry stores the gap to the
-  previous entry in ``p`` bits and its value; a gap of ``g`` zeros needs ``⌊g / 2^p⌋`` filler zeros;
-  ``p`` in 1..16 is chosen to minimise the total)
-* plus overhead: quantisation scales (and offsets) as float32 per group; a k-means codebook as
-  ``m`` float32 centroids with ``b = ⌈log2 m⌉``-bit indices.
-
-The smallest of the three layouts is used and named. Every other parameter and buffer (biases,
-BatchNorm, uncompressed layers) counts at its stored size, ``numel · element_size``.
-
-``huffman_tensor_bytes`` gives the entropy-coded size of the same layout (``size_bytes_huffman``).
+The entropy-coded size of the same layouts (``size_bytes_huffman``) is the packed format's
+(:func:`pet_core.packed.tensor_blob.huffman_tensor_bytes`).
 """
 
 from __future__ import annotations
@@ -23,42 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pet_core.compose import StoredTensor
-
-MAX_INDEX_BITS = 16
-
-
-def filler_count(values: torch.Tensor, index_bits: int) -> int:
-    """Filler zeros that relative indexing with ``index_bits``-bit gaps needs for ``values``.
-
-    Example: positions 0 and 9 non-zero, 3-bit gaps: the 8 zeros between need one filler.
-        >>> filler_count(torch.tensor([1.] + [0.] * 8 + [2.]), 3)
-        1
-    """
-    gaps = _gaps(values)
-    return int(torch.div(gaps, 1 << index_bits, rounding_mode="floor").sum())
-
-
-def _gaps(values: torch.Tensor) -> torch.Tensor:
-    """Zeros before each non-zero, in row-major order (trailing zeros need no entry)."""
-    pos = torch.nonzero(values.flatten()).flatten()                       # (z,)
-    if pos.numel() == 0:
-        return pos
-    prev = torch.cat([pos.new_tensor([-1]), pos[:-1]])
-    return pos - prev - 1
-
-
-def relative_bits(values: torch.Tensor, value_bits: int) -> tuple[int, int]:
-    """Best relative-index layout: (total bits, index bits p)."""
-    gaps = _gaps(values)
-    z = gaps.numel()
-    best = None
-    for p in range(1, MAX_INDEX_BITS + 1):
-        fillers = int(torch.div(gaps, 1 << p, rounding_mode="floor").sum())
-        bits = (z + fillers) * (p + value_bits)
-        if best is None or bits < best[0]:
-            best = (bits, p)
-    return best
+from pet_core.encoding import StoredTensor, choose_layout
 
 
 @dataclass
@@ -68,39 +27,16 @@ class TensorSize:
     nonzero: int
     value_bits: int
     value_format: str
-    encoding: str        # "dense", "bitmask" or "relative-<p>bit"
+    encoding: str        # the layout's label: "dense", "bitmask", "relative-<p>bit", "nm-2:4" ...
     size_bytes: int
 
 
 def tensor_size(t: StoredTensor) -> TensorSize:
-    """Bytes of one stored tensor in the smallest of the dense, bitmask and relative layouts."""
+    """Bytes of one stored tensor in the smallest of its layouts."""
     n = t.values.numel()
     z = int(torch.count_nonzero(t.values))
-    b = t.value_bits
-    options = {"dense": n * b}
-    if z < n:
-        options["bitmask"] = n + z * b
-        rel_bits, p = relative_bits(t.values, b)
-        options[f"relative-{p}bit"] = rel_bits
-    encoding = min(options, key=options.get)
-    size_bytes = (options[encoding] + t.overhead_bits + 7) // 8
-    return TensorSize(t.name, n, z, b, t.value_format, encoding, size_bytes)
-
-
-def huffman_tensor_bytes(t: StoredTensor, encoding: str | None = None) -> int:
-    """Bytes of one stored tensor in the packed format with entropy coding (``save_packed(huffman=True)``).
-
-    Same layout as :func:`tensor_size`; the value codes and the relative-index gaps are each
-    Huffman-coded (code-length table included) where that is smaller than their fixed width, as in
-    Deep Compression's last stage. Includes the zero-flag bits the packed format needs when the
-    zero code is also a real value (see ``pet_core.packed.streams``). float32 values are not coded.
-    ``encoding``: :func:`tensor_size`'s choice when the caller has it (saves recomputing it).
-    """
-    if t.value_bits > 16:
-        return tensor_size(t).size_bytes
-    from pet_core.packed.streams import build_streams    # the packed format imports this module
-    from pet_core.packed.tensor_blob import blob_bytes
-    return blob_bytes(build_streams(t, encoding or tensor_size(t).encoding), huffman=True)
+    encoding, bits = choose_layout(t)
+    return TensorSize(t.name, n, z, t.value_bits, t.value_format, encoding, (bits + t.overhead_bits + 7) // 8)
 
 
 def stored_bytes(t: torch.Tensor) -> int:

@@ -16,11 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pet_core.compose import LayerResult, StoredTensor, compress_layer, prune_scores
+from pet_core.accuracy import top1_accuracy
+from pet_core.encoding import StoredTensor
+from pet_core.pipeline import LayerResult, compress_layer, prune_scores
 from pet_core.layers import compressible_layers, module_type, own_tensors, skipped_layers
+from pet_core.methods.base import FactorMethod, PruneMethod
 from pet_core.methods.magnitude import SortedScores
 from pet_core.recipe import Recipe
-from pet_core.size import LayerSize, huffman_tensor_bytes, layer_size, model_bytes, plain_size
+from pet_core.packed.tensor_blob import huffman_tensor_bytes
+from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
 MEASURE_NOTES = {
@@ -84,15 +88,16 @@ class Workbench:
         return changed
 
     def _global_thresholds(self, specs: dict[str, LayerSpec]) -> dict[str, float]:
-        """One magnitude threshold per group of global-scope layers sharing a sparsity."""
-        groups: dict[float, list[str]] = {}
+        """One threshold per group of layers whose prune method puts them in one global group."""
+        groups: dict[tuple, list[str]] = {}
         for name, spec in specs.items():
-            p = spec.prune
-            if p and p.method == "magnitude" and p.scope == "global" and p.sparsity is not None:
-                groups.setdefault(p.sparsity, []).append(name)
+            prune = spec.of_kind(PruneMethod)
+            if prune is not None and (key := prune[0].global_key(prune[1])) is not None:
+                groups.setdefault((prune[0].name, key), []).append(name)
         out = {}
-        for sparsity, names in groups.items():
-            key = tuple((n, specs[n].low_rank) for n in names)
+        for (method_name, _), names in groups.items():
+            method, cfg = specs[names[0]].of_kind(PruneMethod)
+            key = tuple((n, specs[n].of_kind(FactorMethod)) for n in names)
             scores = self._sorted.get(key)
             if scores is None:
                 scores = SortedScores([s for n in names for s in prune_scores(self._base[n][0], specs[n])])
@@ -100,7 +105,7 @@ class Workbench:
                 while len(self._sorted) > 4:
                     self._sorted.popitem(last=False)
             self._sorted.move_to_end(key)
-            threshold = scores.threshold(sparsity)
+            threshold = method.threshold(scores, cfg)
             out.update({n: threshold for n in names})
         return out
 
@@ -130,15 +135,10 @@ class Workbench:
     def baseline_weight(self, name: str) -> torch.Tensor:
         return self._base[name][0]
 
-    @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None) -> float:
         """Top-1 accuracy (a fraction) of the working copy, or of ``model``, on the eval tensors."""
-        model = self.model if model is None else model
-        correct = 0
-        for i in range(0, len(self.x_eval), self.batch_size):
-            logits = model(self.x_eval[i:i + self.batch_size])
-            correct += int((logits.argmax(1) == self.y_eval[i:i + self.batch_size]).sum())
-        return correct / max(1, len(self.y_eval))
+        return top1_accuracy(self.model if model is None else model, self.x_eval, self.y_eval,
+                             batch_size=self.batch_size)
 
     @property
     def baseline_accuracy(self) -> float:

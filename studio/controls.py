@@ -1,87 +1,198 @@
-"""Widget values <-> recipe: pure functions, so the Compress page stays thin and testable.
+"""Widget values <-> recipe, generated from the method registry: pure functions, so the Compress
+page stays thin and testable, and a new method gets its controls without touching a page.
 
 The recipe is the single source of truth. Widgets are filled from it when a recipe is loaded
 (Pareto point, uploaded file, shared link) and read back into it on every change.
+
+Widget keys: ``c_<kind>`` picks the method of one kind of step (``c_prune``, ``c_code``,
+``c_factor``; "off" for none), ``c_<step>_<field>`` holds a field, and ``c_<step>_by`` says which
+field of a one-of pair (sparsity or threshold, energy or rank) is used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
-PRUNE_METHODS = ("off", "magnitude", "l1_channel", "l2_channel")
-CODINGS = ("none", "quantize", "share")
-LOW_RANK_MODES = ("off", "energy", "rank")
-BITS_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 16)
-TABLE_BITS = ("default", "off") + tuple(str(b) for b in BITS_CHOICES)
+from pet_core.methods import METHODS
+from pet_core.methods.base import CodeMethod, FactorMethod, Method, PruneMethod, StepConfig
+from pet_core.steps import STEPS, kind_of, method_of
 
-# Widget keys and their values when the recipe says nothing.
-CONTROL_DEFAULTS: dict[str, Any] = {
-    "c_prune_method": "off", "c_prune_by": "sparsity", "c_sparsity": 0.5, "c_threshold": 0.05,
-    "c_scope": "global", "c_coding": "none", "c_bits": 8, "c_scheme": "symmetric",
-    "c_granularity": "per_channel", "c_clusters": 16, "c_low_rank": "off", "c_energy": 0.9, "c_rank": 16,
+# Each kind of step as one group of controls, in the page's column order.
+KIND_UI = {
+    PruneMethod: dict(key="c_prune", title="✂️ Pruning", off="off", picker="selectbox"),
+    CodeMethod: dict(key="c_code", title="🔢 Weights stored as", off="fp32", picker="radio"),
+    FactorMethod: dict(key="c_factor", title="📉 Low rank (SVD)", off="off", picker="radio"),
 }
 
 
-def controls_from_default(default: dict[str, Any]) -> dict[str, Any]:
-    """Widget values for a recipe's ``default`` section."""
-    c = dict(CONTROL_DEFAULTS)
-    if p := default.get("prune"):
-        c["c_prune_method"] = p.get("method", "magnitude")
-        c["c_scope"] = p.get("scope", "global")
-        if "threshold" in p:
-            c["c_prune_by"], c["c_threshold"] = "threshold", p["threshold"]
-        else:
-            c["c_prune_by"], c["c_sparsity"] = "sparsity", p["sparsity"]
-    if q := default.get("quantize"):
-        c.update(c_coding="quantize", c_bits=q.get("bits", 8), c_scheme=q.get("scheme", "symmetric"),
-                 c_granularity=q.get("granularity", "per_channel"))
-    elif s := default.get("share"):
-        c.update(c_coding="share", c_clusters=s.get("clusters", 16))
-    if lr := default.get("low_rank"):
-        if "rank" in lr:
-            c.update(c_low_rank="rank", c_rank=lr["rank"])
-        else:
-            c.update(c_low_rank="energy", c_energy=lr["energy"])
+@dataclass
+class Control:
+    """One widget: its kind (``st.<widget>``), key, label and keyword arguments (value excluded)."""
+
+    widget: str
+    key: str
+    label: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """The methods of one kind: the picker's options and their labels."""
+
+    key: str
+    title: str
+    picker: str
+    options: list[str]
+    labels: dict[str, str]
+    help: str
+
+
+def groups() -> list[Group]:
+    """One group per kind of step, options "off" then the registered methods in registry order."""
+    out = []
+    for kind, ui in KIND_UI.items():
+        methods = [m for m in METHODS.values() if isinstance(m, kind)]
+        labels = {"off": ui["off"], **{m.name: m.choice_label or m.name for m in methods}}
+        help_ = "; ".join(f"{m.name}: {m.summary}" for m in methods)
+        out.append(Group(ui["key"], ui["title"], ui["picker"], ["off", *(m.name for m in methods)], labels, help_))
+    return out
+
+
+def _key(step: str, name: str) -> str:
+    return f"c_{step}_{name}"
+
+
+def _shown_fields(method: Method) -> list:
+    return [f for f in method.config.data_fields() if f.name != "method" and not f.metadata["ui"].get("hidden")]
+
+
+def _start_value(f) -> Any:
+    return f.default if f.default is not None else f.metadata["ui"].get("default")
+
+
+def control_defaults() -> dict[str, Any]:
+    """Every widget's value when the recipe says nothing."""
+    c: dict[str, Any] = {g.key: "off" for g in groups()}
+    for m in METHODS.values():
+        for f in _shown_fields(m):
+            c.setdefault(_key(m.step, f.name), _start_value(f))
+        for a, _ in m.config.ONE_OF:
+            c.setdefault(_key(m.step, "by"), a)
     return c
+
+
+def controls_from_default(default: dict[str, StepConfig]) -> dict[str, Any]:
+    """Widget values for a recipe's ``default`` section."""
+    c = control_defaults()
+    for step, cfg in default.items():
+        method = method_of(step, cfg)
+        c[KIND_UI[kind_of(step)]["key"]] = method.name
+        for f in _shown_fields(method):
+            if getattr(cfg, f.name) is not None:
+                c[_key(step, f.name)] = getattr(cfg, f.name)
+        for a, b in cfg.ONE_OF:
+            c[_key(step, "by")] = a if getattr(cfg, a) is not None else b
+    return c
+
+
+def _normalised(f, value: Any) -> Any:
+    if f.metadata["kind"] is int:
+        return int(value)
+    if f.metadata["kind"] is float:
+        return round(float(value), 4) if f.metadata["hi"] != math.inf else float(value)
+    return value
 
 
 def default_from_controls(c: dict[str, Any]) -> dict[str, Any]:
     """The recipe's ``default`` section from widget values."""
     default: dict[str, Any] = {}
-    if c["c_prune_method"] != "off":
-        prune = {"method": c["c_prune_method"], "scope": c["c_scope"]}
-        if c["c_prune_by"] == "threshold":
-            prune["threshold"] = float(c["c_threshold"])
-        else:
-            prune["sparsity"] = round(float(c["c_sparsity"]), 4)
-        default["prune"] = prune
-    if c["c_coding"] == "quantize":
-        default["quantize"] = {"bits": int(c["c_bits"]), "scheme": c["c_scheme"], "granularity": c["c_granularity"]}
-    elif c["c_coding"] == "share":
-        default["share"] = {"clusters": int(c["c_clusters"])}
-    if c["c_low_rank"] == "energy":
-        default["low_rank"] = {"energy": round(float(c["c_energy"]), 4)}
-    elif c["c_low_rank"] == "rank":
-        default["low_rank"] = {"rank": int(c["c_rank"])}
+    for g in groups():
+        if c[g.key] == "off":
+            continue
+        method = METHODS[c[g.key]]
+        fields_: dict[str, Any] = {}
+        if len(STEPS[method.step]) > 1:
+            fields_["method"] = method.name
+        unused = {b if c[_key(method.step, "by")] == a else a for a, b in method.config.ONE_OF}
+        for f in _shown_fields(method):
+            if f.name not in unused:
+                fields_[f.name] = _normalised(f, c[_key(method.step, f.name)])
+        default[method.step] = fields_
     return default
 
 
-# --- per-layer override table -------------------------------------------------------------------
+def method_controls(method: Method, c: dict[str, Any]) -> Iterator[Control]:
+    """The widgets of a picked method, in field order; a one-of pair as a "By" radio, then its field.
 
-TABLE_COLUMNS = ("layer", "type", "params", "skip", "sparsity", "bits", "clusters", "rank")
+    A generator: the caller draws each control and stores its value in ``c`` before asking for the
+    next, so the field shown after "By" is the one just chosen.
+    """
+    pairs = {a: (a, b) for a, b in method.config.ONE_OF}
+    seconds = {b for _, b in method.config.ONE_OF}
+    for f in _shown_fields(method):
+        if f.name in seconds:
+            continue
+        if f.name in pairs:
+            yield Control("radio", _key(method.step, "by"), "By", dict(options=list(pairs[f.name]), horizontal=True))
+            chosen = c[_key(method.step, "by")]
+            f = next(x for x in _shown_fields(method) if x.name == chosen)
+        yield field_control(method.step, f)
+
+
+def field_control(step: str, f) -> Control:
+    """The widget a field's rules call for (its ``ui`` hints first)."""
+    m, ui = f.metadata, f.metadata["ui"]
+    label = ui.get("label") or f.name.replace("_", " ").capitalize()
+    kw: dict[str, Any] = dict(help=ui.get("help") or m["help"])
+    if m["choices"] is not None:
+        if m["kind"] is str:
+            return Control("radio", _key(step, f.name), label, dict(kw, options=list(m["choices"]), horizontal=True))
+        return Control("select_slider", _key(step, f.name), label, dict(kw, options=list(m["choices"])))
+    lo = ui.get("min", m["lo"])
+    hi = ui.get("max", m["hi"])
+    is_int = m["kind"] is int
+    step_ = ui.get("step", 1 if is_int else 0.01)
+    if hi != math.inf and (not is_int or hi - lo <= 4096) and "format" not in ui and ui.get("widget") != "number_input":
+        return Control("slider", _key(step, f.name), label,
+                       dict(kw, min_value=int(lo) if is_int else float(lo), max_value=int(hi) if is_int else float(hi),
+                            step=step_))
+    kw.update(min_value=int(lo) if is_int else float(lo), step=step_)
+    if hi != math.inf:
+        kw["max_value"] = int(hi) if is_int else float(hi)
+    if "format" in ui:
+        kw["format"] = ui["format"]
+    return Control("number_input", _key(step, f.name), label, kw)
+
+
+# --- per-layer override table -------------------------------------------------------------------
+# One column per step whose default method names a ``table_field`` (sparsity, bits, clusters, rank):
+# an empty cell keeps the default; a choice column also offers "off" (the step switched off).
+
+def table_columns() -> dict[str, tuple[str, Any]]:
+    """{column: (step, field)} of the per-layer table."""
+    out = {}
+    for step, methods in STEPS.items():
+        name = methods[0].table_field
+        if name:
+            out[name] = (step, next(f for f in methods[0].config.data_fields() if f.name == name))
+    return out
 
 
 def _is_table_row(steps: dict[str, Any]) -> bool:
     """Whether an override can be shown as a table row (else it is kept as an advanced override)."""
-    if all(steps.get(s, 0) is None for s in ("prune", "quantize", "share", "low_rank")):
+    if all(steps.get(s, 0) is None for s in STEPS):
         return True
+    columns = {step: f for step, f in table_columns().values()}
     for step, value in steps.items():
+        if step not in columns:
+            return False
         if value is None:
-            if step != "quantize":
+            if columns[step].metadata["choices"] is None:
                 return False
             continue
-        allowed = {"prune": {"sparsity"}, "quantize": {"bits"}, "share": {"clusters"}, "low_rank": {"rank"}}[step]
-        if set(value) - allowed:
+        if set(value) - {columns[step].name}:
             return False
     return True
 
@@ -102,17 +213,33 @@ def table_rows(layer_info: list[dict[str, Any]], table: dict[str, Any]) -> list[
     rows = []
     for info in layer_info:
         steps = table.get(info["name"], {})
-        skip = bool(steps) and all(steps.get(s, 0) is None for s in ("prune", "quantize", "share", "low_rank"))
-        q = steps.get("quantize", 0)
-        bits = "off" if q is None and "quantize" in steps and not skip else (str(q["bits"]) if q else "default")
-        rows.append({
-            "layer": info["name"], "type": info["type"], "params": info["params"], "skip": skip,
-            "sparsity": None if skip else (steps.get("prune") or {}).get("sparsity"),
-            "bits": "default" if skip else bits,
-            "clusters": None if skip else (steps.get("share") or {}).get("clusters"),
-            "rank": None if skip else (steps.get("low_rank") or {}).get("rank"),
-        })
+        skip = bool(steps) and all(steps.get(s, 0) is None for s in STEPS)
+        row = {"layer": info["name"], "type": info["type"], "params": info["params"], "skip": skip}
+        for column, (step, f) in table_columns().items():
+            choice = f.metadata["choices"] is not None
+            value = steps.get(step, 0)
+            if skip:
+                row[column] = "default" if choice else None
+            elif choice:
+                row[column] = "off" if value is None else (str(value[f.name]) if value else "default")
+            else:
+                row[column] = (value or {}).get(f.name)
+        rows.append(row)
     return rows
+
+
+def column_specs() -> dict[str, dict[str, Any]]:
+    """How each table column is edited: {column: {"options": [...]} or {"min", "max", "step"}}."""
+    out = {}
+    for column, (_, f) in table_columns().items():
+        m = f.metadata
+        if m["choices"] is not None:
+            out[column] = {"options": ["default", "off", *map(str, m["choices"])], "help": m["help"]}
+        else:
+            hi = m["ui"].get("max", m["hi"])
+            out[column] = {"min": m["lo"], "max": None if hi == math.inf else hi,
+                           "step": 1 if m["kind"] is int else m["ui"].get("step", 0.01), "help": m["help"]}
+    return out
 
 
 def _blank(v: Any) -> bool:
@@ -124,20 +251,19 @@ def layers_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     for r in rows:
         if r.get("skip"):
-            layers[r["layer"]] = {"prune": None, "quantize": None, "share": None, "low_rank": None}
+            layers[r["layer"]] = {s: None for s in STEPS}
             continue
         steps: dict[str, Any] = {}
-        if not _blank(r.get("sparsity")):
-            steps["prune"] = {"sparsity": float(r["sparsity"])}
-        bits = r.get("bits") or "default"
-        if bits == "off":
-            steps["quantize"] = None
-        elif bits != "default":
-            steps["quantize"] = {"bits": int(bits)}
-        if not _blank(r.get("clusters")):
-            steps["share"] = {"clusters": int(r["clusters"])}
-        if not _blank(r.get("rank")):
-            steps["low_rank"] = {"rank": int(r["rank"])}
+        for column, (step, f) in table_columns().items():
+            value = r.get(column)
+            if f.metadata["choices"] is not None:
+                value = value or "default"
+                if value == "off":
+                    steps[step] = None
+                elif value != "default":
+                    steps[step] = {f.name: f.metadata["kind"](value)}
+            elif not _blank(value):
+                steps[step] = {f.name: f.metadata["kind"](value)}
         if steps:
             layers[r["layer"]] = steps
     return layers

@@ -75,11 +75,11 @@ def test_every_page_renders_without_exception(app):
 
 
 @pytest.mark.parametrize("controls", [
-    {"c_sparsity": 0.9},
-    {"c_prune_method": "l1_channel", "c_sparsity": 0.3},
-    {"c_coding": "share", "c_clusters": 4},
-    {"c_coding": "quantize", "c_bits": 3, "c_scheme": "asymmetric", "c_granularity": "per_tensor"},
-    {"c_prune_method": "off", "c_low_rank": "rank", "c_rank": 8},
+    {"c_prune_sparsity": 0.9},
+    {"c_prune": "l1_channel", "c_prune_sparsity": 0.3},
+    {"c_code": "share", "c_share_clusters": 4},
+    {"c_code": "quantize", "c_quantize_bits": 3, "c_quantize_scheme": "asymmetric", "c_quantize_granularity": "per_tensor"},
+    {"c_prune": "off", "c_factor": "low_rank", "c_low_rank_by": "rank", "c_low_rank_rank": 8},
 ])
 def test_compress_numbers_equal_the_engine(app, controls):
     app.switch_page("pages/compress.py").run()
@@ -102,14 +102,14 @@ def test_compress_numbers_equal_the_engine(app, controls):
 
 def test_slider_changes_accuracy_and_bytes(app):
     app.switch_page("pages/compress.py").run()
-    app.selectbox(key=key(app, "c_prune_method")).set_value("magnitude").run()
-    app.radio(key=key(app, "c_coding")).set_value("quantize").run()
-    app.slider(key=key(app, "c_sparsity")).set_value(0.5).run()
+    app.selectbox(key=key(app, "c_prune")).set_value("magnitude").run()
+    app.radio(key=key(app, "c_code")).set_value("quantize").run()
+    app.slider(key=key(app, "c_prune_sparsity")).set_value(0.5).run()
     before = metrics(app)
-    app.slider(key=key(app, "c_sparsity")).set_value(0.95).run()
+    app.slider(key=key(app, "c_prune_sparsity")).set_value(0.95).run()
     after = metrics(app)
     assert before["Size"] != after["Size"] and before["Weight sparsity"] != after["Weight sparsity"]
-    assert app.session_state["recipe"].default["prune"]["sparsity"] == 0.95
+    assert app.session_state["recipe"].default["prune"].sparsity == 0.95
 
 
 def ledger_runs(**filters) -> list[dict]:
@@ -120,7 +120,7 @@ def ledger_runs(**filters) -> list[dict]:
 
 def test_runs_join_the_ledger_and_settings_persist_across_pages(app):
     app.switch_page("pages/compress.py").run()
-    app.slider(key=key(app, "c_sparsity")).set_value(0.6).run()
+    app.slider(key=key(app, "c_prune_sparsity")).set_value(0.6).run()
     app.switch_page("pages/pareto.py").run()
     assert_clean(app)
     runs = ledger_runs()
@@ -130,7 +130,7 @@ def test_runs_join_the_ledger_and_settings_persist_across_pages(app):
     assert set(r["id"] for r in runs if r["kind"] in ("baseline", "post-training")) <= set(table["run"])
     app.switch_page("pages/weights.py").run()
     app.switch_page("pages/compress.py").run()
-    assert app.slider(key=key(app, "c_sparsity")).value == 0.6
+    assert app.slider(key=key(app, "c_prune_sparsity")).value == 0.6
 
 
 def wait_for(job, limit_s: float = 180) -> None:
@@ -170,8 +170,8 @@ def test_finetune_never_changes_compress_and_exports_the_finetuned_run():
     """88%/int4 → fine-tune to done → Compress still 88%/int4; Export builds the fine-tuned weights."""
     at = new_app()
     at.switch_page("pages/compress.py").run()
-    at.slider(key=key(at, "c_sparsity")).set_value(0.88).run()
-    at.select_slider(key=key(at, "c_bits")).set_value(4).run()
+    at.slider(key=key(at, "c_prune_sparsity")).set_value(0.88).run()
+    at.select_slider(key=key(at, "c_quantize_bits")).set_value(4).run()
     before = at.session_state["recipe"].to_dict()
     at.switch_page("pages/finetune.py").run()
     at.number_input(key="f_epochs").set_value(1.0).run()
@@ -188,8 +188,8 @@ def test_finetune_never_changes_compress_and_exports_the_finetuned_run():
     assert metrics(at)["Accuracy after fine-tuning"] == f"{run['metrics']['accuracy']:.2%}"
     at.switch_page("pages/compress.py").run()
     assert at.session_state["recipe"].to_dict() == before
-    assert at.slider(key=key(at, "c_sparsity")).value == 0.88
-    assert at.select_slider(key=key(at, "c_bits")).value == 4
+    assert at.slider(key=key(at, "c_prune_sparsity")).value == 0.88
+    assert at.select_slider(key=key(at, "c_quantize_bits")).value == 4
     at.session_state["export_run"] = run_id
     at.switch_page("pages/export.py").run()
     assert at.selectbox(key="x_run").value == run_id
@@ -209,7 +209,7 @@ def test_finetune_never_changes_compress_and_exports_the_finetuned_run():
     at.switch_page("pages/compress.py").run()
     assert_clean(at)
     assert at.session_state["source"]["model"] == f"run:{run_id}"
-    at.slider(key=key(at, "c_sparsity")).set_value(0.93).run()
+    at.slider(key=key(at, "c_prune_sparsity")).set_value(0.93).run()
     assert_clean(at)
     child = ledger_runs(kinds=["post-training"])[-1]
     assert child["model"] == f"run:{run_id}" and child["recipe"]["default"]["prune"]["sparsity"] == 0.93
@@ -226,7 +226,7 @@ def test_shared_link_opens_the_recipe():
     assert_clean(at)
     assert at.session_state["recipe"].to_dict() == recipe.to_dict()
     at.switch_page("pages/compress.py").run()
-    assert at.slider(key=key(at, "c_sparsity")).value == 0.8
+    assert at.slider(key=key(at, "c_prune_sparsity")).value == 0.8
     assert metrics(at)["Accuracy"] == engine_numbers(recipe)[0]
 
 
@@ -260,8 +260,8 @@ def test_two_sessions_are_isolated_and_the_shared_baseline_is_not_mutated():
     a, b = new_app(), new_app()
     a.switch_page("pages/compress.py").run()
     b.switch_page("pages/compress.py").run()
-    a.slider(key=key(a, "c_sparsity")).set_value(0.95).run()
-    b.slider(key=key(b, "c_sparsity")).set_value(0.1).run()
+    a.slider(key=key(a, "c_prune_sparsity")).set_value(0.95).run()
+    b.slider(key=key(b, "c_prune_sparsity")).set_value(0.1).run()
     a.run()
     assert a.session_state["workbench"] is not b.session_state["workbench"]
     assert metrics(a)["Size"] != metrics(b)["Size"]
@@ -315,8 +315,8 @@ def test_finished_finetunes_leave_compress_alone_20_times_in_a_row():
     at = new_app()
     for attempt in range(20):
         at.switch_page("pages/compress.py").run()
-        at.slider(key=key(at, "c_sparsity")).set_value(0.88).run()
-        at.select_slider(key=key(at, "c_bits")).set_value(4).run()
+        at.slider(key=key(at, "c_prune_sparsity")).set_value(0.88).run()
+        at.select_slider(key=key(at, "c_quantize_bits")).set_value(4).run()
         at.switch_page("pages/finetune.py").run()
         at.number_input(key="f_epochs").set_value(0.1).run()
         at.button(key="f_start").click().run()
@@ -324,7 +324,7 @@ def test_finished_finetunes_leave_compress_alone_20_times_in_a_row():
         at.run()
         at.switch_page("pages/compress.py").run()
         assert_clean(at)
-        assert at.slider(key=key(at, "c_sparsity")).value == 0.88, attempt
-        assert at.select_slider(key=key(at, "c_bits")).value == 4, attempt
-        assert at.session_state["recipe"].default["prune"]["sparsity"] == 0.88, attempt
-        at.slider(key=key(at, "c_sparsity")).set_value(0.5).run()   # move away, so the next set is a change
+        assert at.slider(key=key(at, "c_prune_sparsity")).value == 0.88, attempt
+        assert at.select_slider(key=key(at, "c_quantize_bits")).value == 4, attempt
+        assert at.session_state["recipe"].default["prune"].sparsity == 0.88, attempt
+        at.slider(key=key(at, "c_prune_sparsity")).set_value(0.5).run()   # move away, so the next set is a change

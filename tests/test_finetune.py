@@ -16,16 +16,17 @@ from torch import nn
 from pet_core.errors import PetError
 from pet_core.finetune import FinetuneResult, finetune
 from pet_core.finetune import loop as loop_module
-from pet_core.finetune.attach import FakeQuant, attach, bake
+from pet_core.finetune.attach import attach, bake
 from pet_core.finetune.checkpoint import checkpoint_path
 from pet_core.finetune.config import parse_finetune
 from pet_core.finetune.distill import distillation_loss
 from pet_core.finetune.trainer import Trainer, split
 from pet_core.layers import compressible_layers
 from pet_core.loader import load_baseline, open_workbench
-from pet_core.methods.quantize import QuantizeConfig
+from pet_core.methods.channel import ChannelConfig
+from pet_core.methods.quantize import FakeQuant, QuantizeConfig
 from pet_core.recipe import Recipe
-from pet_core.steps import LayerSpec, Prune, Quantize
+from pet_core.steps import LayerSpec
 from pet_core.training import accuracy
 
 CPU = torch.device("cpu")
@@ -66,7 +67,7 @@ def snapshot(model: nn.Module) -> dict[str, bytes]:
 
 def test_ste_gradients_flow_through_fake_quant():
     layer = nn.Linear(16, 8)
-    attach(nn.Sequential(layer), {"0": LayerSpec(quantize=Quantize(bits=3))}, {}, qat=True)
+    attach(nn.Sequential(layer), {"0": LayerSpec(quantize=QuantizeConfig(bits=3))}, {}, qat=True)
     assert isinstance(layer.parametrizations.weight[0], FakeQuant)
     layer(torch.randn(4, 16)).pow(2).sum().backward()
     grad = layer.parametrizations.weight.original.grad
@@ -82,7 +83,7 @@ def test_bake_keeps_effective_weights_and_masked_bias():
     model = nn.Sequential(nn.Linear(6, 4))
     with torch.no_grad():
         model[0].weight[:2] = 0                      # two pruned output channels
-    spec = LayerSpec(prune=Prune(method="l1_channel", sparsity=0.5))
+    spec = LayerSpec(prune=ChannelConfig(method="l1_channel", sparsity=0.5))
     assert attach(model, {"0": spec}, {}, qat=False) == {"0": "mask + bias mask"}
     before = model[0].weight.detach().clone(), model[0].bias.detach().clone()
     assert torch.all(before[1][:2] == 0)

@@ -142,7 +142,7 @@ def maybe_junk(rng: random.Random, value):
 def options(rng: random.Random, cls) -> dict:
     """Some of ``cls``'s fields, mostly valid."""
     return {f.name: maybe_junk(rng, valid_value(rng, f.metadata))
-            for f in fields(cls) if f.name != "techniques" and rng.random() < 0.4}
+            for f in fields(cls) if f.name not in ("techniques", "given") and rng.random() < 0.4}
 
 
 def with_junk_key(rng: random.Random, data: dict) -> dict:
@@ -153,8 +153,9 @@ def with_junk_key(rng: random.Random, data: dict) -> dict:
 
 def steps(rng: random.Random, nulls: bool) -> dict:
     out = {}
-    for name, cls in STEPS.items():
+    for name, methods in STEPS.items():
         if rng.random() < 0.4:
+            cls = rng.choice(methods).config         # any registered method of the step
             out[name] = None if nulls and rng.random() < 0.15 else maybe_junk(rng, options(rng, cls))
     return with_junk_key(rng, out)
 

@@ -13,17 +13,22 @@ import pytest
 import torch
 from torch import nn
 
-from pet_core.compose import compress_layer, factor_product
+from pet_core.pipeline import compress_layer, factor_product
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.packed import PACKED_VERSION, load_packed, packed_model_info, save_packed
 from pet_core.packed.bits import pack_bits, unpack_bits
 from pet_core.packed.huffman import (MAX_CODE_BITS, BitReader, code_lengths, decode_stream, encode_stream,
                                      huffman_bits, huffman_decode, huffman_encode)
-from pet_core.packed.tensor_blob import blob_bytes, decode_tensor, encode_tensor, tensor_streams
+from pet_core.packed.tensor_blob import blob_bytes, decode_tensor, encode_tensor, huffman_tensor_bytes, tensor_streams
 from pet_core.recipe import Recipe
-from pet_core.size import huffman_tensor_bytes, tensor_size
-from pet_core.steps import LayerSpec, LowRank, Prune, Quantize, Share
+from pet_core.size import tensor_size
+from pet_core.methods.channel import ChannelConfig
+from pet_core.methods.low_rank import LowRankConfig
+from pet_core.methods.magnitude import MagnitudeConfig
+from pet_core.methods.quantize import QuantizeConfig
+from pet_core.methods.share import ShareConfig
+from pet_core.steps import LayerSpec
 from pet_core.workbench import Workbench
 
 RNG = np.random.default_rng(0)
@@ -90,17 +95,17 @@ def test_huffman_decodes_300k_symbols():
 # --- one tensor ---------------------------------------------------------------------------------
 
 SPECS = {
-    "prune_int4": LayerSpec(prune=Prune(sparsity=0.9, scope="layer"), quantize=Quantize(4)),
-    "prune_share32": LayerSpec(prune=Prune(sparsity=0.9, scope="layer"), share=Share(32)),
-    "light_prune_share32": LayerSpec(prune=Prune(sparsity=0.1, scope="layer"), share=Share(32)),
-    "light_prune_asym3": LayerSpec(prune=Prune(sparsity=0.1, scope="layer"), quantize=Quantize(3, "asymmetric")),
-    "prune_1bit": LayerSpec(prune=Prune(sparsity=0.95, scope="layer"), quantize=Quantize(1)),
-    "prune_fp32": LayerSpec(prune=Prune(sparsity=0.5, scope="layer")),
-    "asym8_tensor": LayerSpec(quantize=Quantize(8, "asymmetric", "per_tensor")),
-    "channel_share8": LayerSpec(prune=Prune(method="l1_channel", sparsity=0.25), share=Share(8)),
-    "low_rank_int16": LayerSpec(low_rank=LowRank(rank=8), quantize=Quantize(16)),
-    "sparse_asym2": LayerSpec(prune=Prune(sparsity=0.97, scope="layer"), quantize=Quantize(2, "asymmetric")),
-    "identity_fp32": LayerSpec(low_rank=LowRank(rank=3)),
+    "prune_int4": LayerSpec(prune=MagnitudeConfig(sparsity=0.9, scope="layer"), quantize=QuantizeConfig(4)),
+    "prune_share32": LayerSpec(prune=MagnitudeConfig(sparsity=0.9, scope="layer"), share=ShareConfig(32)),
+    "light_prune_share32": LayerSpec(prune=MagnitudeConfig(sparsity=0.1, scope="layer"), share=ShareConfig(32)),
+    "light_prune_asym3": LayerSpec(prune=MagnitudeConfig(sparsity=0.1, scope="layer"), quantize=QuantizeConfig(3, "asymmetric")),
+    "prune_1bit": LayerSpec(prune=MagnitudeConfig(sparsity=0.95, scope="layer"), quantize=QuantizeConfig(1)),
+    "prune_fp32": LayerSpec(prune=MagnitudeConfig(sparsity=0.5, scope="layer")),
+    "asym8_tensor": LayerSpec(quantize=QuantizeConfig(8, "asymmetric", "per_tensor")),
+    "channel_share8": LayerSpec(prune=ChannelConfig(method="l1_channel", sparsity=0.25), share=ShareConfig(8)),
+    "low_rank_int16": LayerSpec(low_rank=LowRankConfig(rank=8), quantize=QuantizeConfig(16)),
+    "sparse_asym2": LayerSpec(prune=MagnitudeConfig(sparsity=0.97, scope="layer"), quantize=QuantizeConfig(2, "asymmetric")),
+    "identity_fp32": LayerSpec(low_rank=LowRankConfig(rank=3)),
 }
 
 

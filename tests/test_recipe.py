@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from pet_core.errors import PetError
 from pet_core.recipe import Recipe, dumps, load, loads, save
-from pet_core.steps import (EXCLUSIVE, STEPS, LayerSpec, Prune, Quantize, Share, describe_steps, resolve)
+from pet_core.methods.channel import ChannelConfig
+from pet_core.methods.magnitude import MagnitudeConfig
+from pet_core.methods.quantize import QuantizeConfig
+from pet_core.methods.share import ShareConfig
+from pet_core.steps import EXCLUSIVE, STEPS, LayerSpec, describe_steps, resolve
 
 # The issue's example recipe, as shipped.
 EXAMPLE = (Path(__file__).resolve().parents[1] / "assets" / "recipes" / "example.yaml").read_text()
@@ -40,24 +43,25 @@ def _error(data) -> str:
 def test_example_parses():
     r = loads(EXAMPLE)
     assert r.model == "lenet_300_100" and r.dataset == "digits"
-    assert r.default == {
+    assert r.to_dict()["default"] == {
         "prune": {"method": "magnitude", "scope": "global", "sparsity": 0.9},
         "quantize": {"bits": 4, "scheme": "symmetric", "granularity": "per_channel"},
     }
-    assert r.layers == {"fc3": {"prune": {"sparsity": 0.5}, "quantize": {"bits": 8}}}
-    assert isinstance(r.default["quantize"]["bits"], int)
-    assert isinstance(r.default["prune"]["sparsity"], float)
+    assert r.default["prune"] == MagnitudeConfig(sparsity=0.9) and r.default["quantize"] == QuantizeConfig(bits=4)
+    assert r.to_dict()["layers"] == {"fc3": {"prune": {"sparsity": 0.5}, "quantize": {"bits": 8}}}
+    assert isinstance(r.default["quantize"].bits, int)
+    assert isinstance(r.default["prune"].sparsity, float)
 
 
 def test_example_resolves_per_layer():
     r = loads(EXAMPLE)
     specs = resolve(r.default, r.layers, LENET_LAYERS)
-    q4 = Quantize(bits=4, scheme="symmetric", granularity="per_channel")
+    q4 = QuantizeConfig(bits=4, scheme="symmetric", granularity="per_channel")
     for name in ("fc1", "fc2"):
-        assert specs[name] == LayerSpec(prune=Prune("magnitude", "global", 0.9), quantize=q4)
+        assert specs[name] == LayerSpec(prune=MagnitudeConfig("magnitude", "global", 0.9), quantize=q4)
     # fc3's own sparsity prunes it on its own; its bits override keeps the other quantize fields
-    q8 = Quantize(bits=8, scheme="symmetric", granularity="per_channel")
-    assert specs["fc3"] == LayerSpec(prune=Prune("magnitude", "layer", 0.5), quantize=q8)
+    q8 = QuantizeConfig(bits=8, scheme="symmetric", granularity="per_channel")
+    assert specs["fc3"] == LayerSpec(prune=MagnitudeConfig("magnitude", "layer", 0.5), quantize=q8)
 
 
 # --- round trips --------------------------------------------------------------------------------
@@ -97,7 +101,7 @@ def test_to_dict_is_a_copy():
     r = loads(EXAMPLE)
     d = r.to_dict()
     d["default"]["prune"]["sparsity"] = 0.1
-    assert r.default["prune"]["sparsity"] == 0.9
+    assert r.default["prune"].sparsity == 0.9
 
 
 # --- validation: the message names the key, the value and what is allowed ------------------------
@@ -205,11 +209,11 @@ def test_unknown_format():
 def test_accepted_edges():
     r = Recipe.from_dict(_recipe({"prune": {"sparsity": 0}, "low_rank": {"energy": 1}, "share": {"clusters": 256}},
                                  {"fc1": {"share": {"clusters": 2}}, "fc2": {"quantize": {"bits": 16}}}))
-    assert r.default["prune"]["sparsity"] == 0.0 and isinstance(r.default["prune"]["sparsity"], float)
-    assert r.default["share"]["clusters"] == 256
+    assert r.default["prune"].sparsity == 0.0 and isinstance(r.default["prune"].sparsity, float)
+    assert r.default["share"].clusters == 256
     # integers given as whole floats are normalised to int
     r = Recipe.from_dict(_recipe({"quantize": {"bits": 4.0}}))
-    assert r.default["quantize"]["bits"] == 4 and isinstance(r.default["quantize"]["bits"], int)
+    assert r.default["quantize"].bits == 4 and isinstance(r.default["quantize"].bits, int)
 
 
 def test_replace_validates():
@@ -230,7 +234,7 @@ def _specs(default, layers, names=LENET_LAYERS):
 def test_no_layers_everyone_gets_default():
     specs = _specs({"quantize": {"bits": 4}}, None)
     assert set(specs) == set(LENET_LAYERS)
-    assert all(s == LayerSpec(quantize=Quantize(bits=4)) for s in specs.values())
+    assert all(s == LayerSpec(quantize=QuantizeConfig(bits=4)) for s in specs.values())
 
 
 def test_empty_recipe_is_identity():
@@ -240,7 +244,7 @@ def test_empty_recipe_is_identity():
 
 def test_glob_matches_all_fc():
     specs = _specs({}, {"fc*": {"quantize": {"bits": 6}}})
-    assert all(specs[n].quantize == Quantize(bits=6) for n in LENET_LAYERS)
+    assert all(specs[n].quantize == QuantizeConfig(bits=6) for n in LENET_LAYERS)
 
 
 def test_glob_and_exact_name():
@@ -254,9 +258,9 @@ def test_glob_and_exact_name():
 
 def test_exact_name_only_that_layer():
     specs = _specs({"prune": {"sparsity": 0.9}}, {"fc2": {"prune": {"sparsity": 0.3}}})
-    assert specs["fc1"].prune == Prune(scope="global", sparsity=0.9)
-    assert specs["fc3"].prune == Prune(scope="global", sparsity=0.9)
-    assert specs["fc2"].prune == Prune(scope="layer", sparsity=0.3)
+    assert specs["fc1"].prune == MagnitudeConfig(scope="global", sparsity=0.9)
+    assert specs["fc3"].prune == MagnitudeConfig(scope="global", sparsity=0.9)
+    assert specs["fc2"].prune == MagnitudeConfig(scope="layer", sparsity=0.3)
 
 
 def test_exact_name_is_not_a_glob_prefix():
@@ -267,18 +271,18 @@ def test_exact_name_is_not_a_glob_prefix():
 
 def test_override_threshold_drops_default_sparsity_and_scopes_layer():
     specs = _specs({"prune": {"method": "l1_channel", "sparsity": 0.5}}, {"fc3": {"prune": {"threshold": 0.2}}})
-    assert specs["fc3"].prune == Prune(method="l1_channel", scope="layer", threshold=0.2)
-    assert specs["fc1"].prune == Prune(method="l1_channel", scope="global", sparsity=0.5)
+    assert specs["fc3"].prune == ChannelConfig(method="l1_channel", scope="layer", threshold=0.2)
+    assert specs["fc1"].prune == ChannelConfig(method="l1_channel", scope="global", sparsity=0.5)
 
 
 def test_override_keeps_explicit_scope():
     specs = _specs({"prune": {"sparsity": 0.9}}, {"fc3": {"prune": {"sparsity": 0.5, "scope": "global"}}})
-    assert specs["fc3"].prune == Prune(scope="global", sparsity=0.5)
+    assert specs["fc3"].prune == MagnitudeConfig(scope="global", sparsity=0.5)
 
 
 def test_override_without_amount_keeps_default_scope():
     specs = _specs({"prune": {"sparsity": 0.9}}, {"fc3": {"prune": {"method": "l2_channel"}}})
-    assert specs["fc3"].prune == Prune(method="l2_channel", scope="global", sparsity=0.9)
+    assert specs["fc3"].prune == ChannelConfig(method="l2_channel", scope="global", sparsity=0.9)
 
 
 def test_override_energy_rank_pair():
@@ -289,28 +293,28 @@ def test_override_energy_rank_pair():
 
 def test_share_override_switches_off_default_quantize():
     specs = _specs({"quantize": {"bits": 4}}, {"fc3": {"share": {"clusters": 8}}})
-    assert specs["fc3"] == LayerSpec(share=Share(clusters=8))
-    assert specs["fc1"] == LayerSpec(quantize=Quantize(bits=4))
+    assert specs["fc3"] == LayerSpec(share=ShareConfig(clusters=8))
+    assert specs["fc1"] == LayerSpec(quantize=QuantizeConfig(bits=4))
 
 
 def test_quantize_override_switches_off_default_share():
     specs = _specs({"share": {"clusters": 16}}, {"fc1": {"quantize": {"bits": 8}}})
-    assert specs["fc1"] == LayerSpec(quantize=Quantize(bits=8))
-    assert specs["fc2"] == LayerSpec(share=Share(clusters=16))
+    assert specs["fc1"] == LayerSpec(quantize=QuantizeConfig(bits=8))
+    assert specs["fc2"] == LayerSpec(share=ShareConfig(clusters=16))
     assert EXCLUSIVE == {"quantize": "share", "share": "quantize"}
 
 
 def test_null_switches_step_off():
     specs = _specs({"prune": {"sparsity": 0.9}, "quantize": {"bits": 4}}, {"fc3": {"prune": None}})
-    assert specs["fc3"] == LayerSpec(quantize=Quantize(bits=4))
+    assert specs["fc3"] == LayerSpec(quantize=QuantizeConfig(bits=4))
     specs = _specs({"prune": {"sparsity": 0.9}, "quantize": {"bits": 4}}, {"fc3": {"prune": None, "quantize": None}})
     assert specs["fc3"].is_identity and not specs["fc2"].is_identity
 
 
 def test_later_patterns_win():
     specs = _specs({}, {"fc*": {"quantize": {"bits": 4, "scheme": "asymmetric"}}, "fc3": {"quantize": {"bits": 8}}})
-    assert specs["fc3"].quantize == Quantize(bits=8, scheme="asymmetric")     # merged field by field
-    assert specs["fc1"].quantize == Quantize(bits=4, scheme="asymmetric")
+    assert specs["fc3"].quantize == QuantizeConfig(bits=8, scheme="asymmetric")     # merged field by field
+    assert specs["fc1"].quantize == QuantizeConfig(bits=4, scheme="asymmetric")
     # the other order: the glob comes last and overrides the exact name
     specs = _specs({}, {"fc3": {"quantize": {"bits": 8}}, "fc*": {"quantize": {"bits": 4}}})
     assert specs["fc3"].quantize.bits == 4
@@ -318,7 +322,7 @@ def test_later_patterns_win():
     specs = _specs({}, {"fc3": {"share": {"clusters": 4}}, "fc*": {"share": None}})
     assert specs["fc3"].is_identity
     specs = _specs({"share": {"clusters": 4}}, {"fc*": {"share": None}, "fc2": {"share": {"clusters": 8}}})
-    assert specs["fc2"].share == Share(clusters=8) and specs["fc1"].share is None
+    assert specs["fc2"].share == ShareConfig(clusters=8) and specs["fc1"].share is None
 
 
 def test_resolve_does_not_mutate_recipe():
@@ -364,16 +368,21 @@ def test_specs_are_hashable_cache_keys():
 
 # --- describe_steps ------------------------------------------------------------------------------
 
+def _configs():
+    """(step, method name, config class) of every registered method."""
+    return [(step, m.name, m.config) for step, methods in STEPS.items() for m in methods]
+
+
 def test_describe_steps_covers_every_field():
     rows = describe_steps()
-    expected = {(step, f.name) for step, cls in STEPS.items() for f in fields(cls)}
-    got = [(r["step"], r["field"]) for r in rows]
+    expected = {(step, name, f.name) for step, name, cls in _configs() for f in cls.data_fields()}
+    got = [(r["step"], r["method"], r["field"]) for r in rows]
     assert len(got) == len(set(got)) and set(got) == expected
-    by_key = {(r["step"], r["field"]): r for r in rows}
-    for step, cls in STEPS.items():
-        for f in fields(cls):
-            row = by_key[(step, f.name)]
-            assert row["default"] == f.default
+    by_key = {(r["step"], r["field"]): r for r in rows}      # the first method's row
+    for step, name, cls in _configs():
+        for f in cls.data_fields():
+            row = next(r for r in rows if (r["step"], r["method"], r["field"]) == (step, name, f.name))
+            assert row["default"] == (name if f.name == "method" else f.default)
             assert row["help"] and row["allowed"]
     assert by_key[("prune", "sparsity")]["allowed"] == "[0, 1]"
     assert by_key[("low_rank", "energy")]["allowed"] == "(0, 1]"
@@ -386,15 +395,18 @@ def test_describe_steps_covers_every_field():
 @pytest.mark.parametrize("step", list(STEPS))
 def test_every_field_is_validated(step):
     """Each field listed by describe_steps rejects a wrong-typed value with its own name in the message."""
-    for f in fields(STEPS[step]):
-        with pytest.raises(PetError) as info:
-            Recipe.from_dict(_recipe({step: {f.name: [1]}}))
-        assert f"default.{step}.{f.name}" in str(info.value)
+    for m in STEPS[step]:
+        for f in m.config.data_fields():
+            several = len(STEPS[step]) > 1 and f.name != "method"
+            data = {"method": m.name, f.name: [1]} if several else {f.name: [1]}
+            with pytest.raises(PetError) as info:
+                Recipe.from_dict(_recipe({step: data}))
+            assert f"default.{step}.{f.name}" in str(info.value)
 
 
 def test_defaults_are_within_their_own_ranges():
-    for step, cls in STEPS.items():
-        for f in fields(cls):
+    for step, name, cls in _configs():
+        for f in cls.data_fields():
             m = f.metadata
             if f.default is None:
                 continue

@@ -13,10 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from pet_core.compose import StoredTensor, compress_layer
+from pet_core.encoding import MAX_INDEX_BITS, StoredTensor, filler_count, relative_bits
+from pet_core.methods.magnitude import MagnitudeConfig
+from pet_core.methods.quantize import QuantizeConfig
+from pet_core.methods.share import ShareConfig
+from pet_core.pipeline import compress_layer
 from pet_core.recipe import Recipe
-from pet_core.size import MAX_INDEX_BITS, filler_count, model_bytes, relative_bits, stored_bytes, tensor_size
-from pet_core.steps import LayerSpec, Prune, Quantize, Share
+from pet_core.size import model_bytes, stored_bytes, tensor_size
+from pet_core.steps import LayerSpec
 from pet_core.workbench import Workbench
 from pet_core.zoo import build_model, list_models, model_info
 
@@ -171,7 +175,7 @@ W_NONZERO = _t([0.5, -0.6, 0.7, -0.8, 0.9, -1.0, 0.55, -0.65,
 ])
 def test_quantised_overhead(bits, scheme, granularity, groups, offsets):
     w = W_NONZERO.abs() + 0.5 if scheme == "asymmetric" else W_NONZERO   # asymmetric: lo > 0, never 0
-    r = compress_layer(w, None, LayerSpec(quantize=Quantize(bits, scheme, granularity)))
+    r = compress_layer(w, None, LayerSpec(quantize=QuantizeConfig(bits, scheme, granularity)))
     (t,) = r.tensors
     assert int(torch.count_nonzero(t.values)) == 16
     assert t.value_bits == bits and t.overhead_bits == groups * 32 + offsets * 32
@@ -181,8 +185,8 @@ def test_quantised_overhead(bits, scheme, granularity, groups, offsets):
 
 def test_pruned_and_quantised_pattern():
     # prune by threshold 0 keeps exactly PATTERN's non-zeros; 8-bit per tensor keeps them non-zero
-    r = compress_layer(PATTERN, None, LayerSpec(prune=Prune(threshold=0.0, scope="layer"),
-                                                quantize=Quantize(8, "symmetric", "per_tensor")))
+    r = compress_layer(PATTERN, None, LayerSpec(prune=MagnitudeConfig(threshold=0.0, scope="layer"),
+                                                quantize=QuantizeConfig(8, "symmetric", "per_tensor")))
     (t,) = r.tensors
     assert torch.equal(t.values != 0, PATTERN != 0)
     b = 8
@@ -194,7 +198,7 @@ def test_pruned_and_quantised_pattern():
 @pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 9, 16])
 def test_shared_codebook_and_index_bits(m):
     w = torch.linspace(1.0, 2.0, 16).reshape(2, 8)             # 16 distinct values, all non-zero
-    r = compress_layer(w, None, LayerSpec(share=Share(clusters=m)))
+    r = compress_layer(w, None, LayerSpec(share=ShareConfig(clusters=m)))
     (t,) = r.tensors
     index_bits = math.ceil(math.log2(m))
     assert len(torch.unique(t.values)) == m
@@ -205,7 +209,7 @@ def test_shared_codebook_and_index_bits(m):
 
 def test_shared_with_fewer_distinct_values_than_clusters():
     w = _t([1, 2, 3] * 5 + [1])                                # 3 distinct values, 16 clusters asked
-    (t,) = compress_layer(w, None, LayerSpec(share=Share(clusters=16))).tensors
+    (t,) = compress_layer(w, None, LayerSpec(share=ShareConfig(clusters=16))).tensors
     assert t.value_bits == math.ceil(math.log2(3)) and t.overhead_bits == 3 * 32
     assert tensor_size(t).size_bytes == _bytes(16 * 2 + 3 * 32)
 

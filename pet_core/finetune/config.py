@@ -1,6 +1,6 @@
 """The recipe's ``finetune:`` section: training options and the techniques to use.
 
-Validated with the same field metadata as the compression steps (``pet_core.steps``), so errors
+Validated with the same field metadata as the compression steps (``pet_core.fields``), so errors
 name the key, the value and the allowed range, and ``describe`` can document every field::
 
     finetune:
@@ -23,7 +23,8 @@ from typing import Any
 
 from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
-from pet_core.steps import _check_value, _f
+from pet_core.fields import _f
+from pet_core.fields import check_value as _check_value
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pet_core.compose import LayerResult, compress_layer
+from pet_core.methods.base import FactorMethod, PruneMethod
+from pet_core.pipeline import LayerResult
 from pet_core.errors import PetError
 from pet_core.finetune.attach import latent_weight
 from pet_core.methods.magnitude import keep_mask, magnitude_scores, threshold_for_sparsity
@@ -36,16 +37,13 @@ def post_training_masks(base: dict[str, tuple[Tensor, Tensor | None]], specs: di
     """
     masks = {}
     for name, spec in specs.items():
-        if spec.prune is None or spec.low_rank is not None:
+        prune = spec.of_kind(PruneMethod)
+        if prune is None or spec.of_kind(FactorMethod) is not None:
             continue
-        weight, bias = base[name]
-        threshold = results[name].threshold
-        if spec.prune.method == "magnitude":
-            masks[name] = keep_mask(magnitude_scores(weight), threshold)
-        else:   # channel pruning is per layer: the same spec on the same weights gives the same rows
-            pruned = compress_layer(weight, bias, LayerSpec(prune=spec.prune)).weight   # (out, ...)
-            rows = pruned.reshape(pruned.shape[0], -1).ne(0).any(dim=1)                # (out,)
-            masks[name] = rows.reshape(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+        weight, _ = base[name]
+        method, cfg = prune
+        # the workbench's threshold (global groups included) with the layer's own weights
+        masks[name] = method.masks([weight], weight, cfg, results[name].threshold).masks[0]
     return masks
 
 
@@ -58,12 +56,13 @@ def prune_groups(specs: dict[str, LayerSpec], masks: dict[str, Tensor], techniqu
     global_groups: dict[float, list[str]] = {}
     groups = []
     for name, spec in specs.items():
-        p = spec.prune
-        if p is None or spec.low_rank is not None:
+        prune = spec.of_kind(PruneMethod)
+        if prune is None or spec.of_kind(FactorMethod) is not None:
             continue
-        if p.method != "magnitude":
+        method, p = prune
+        if not method.retrainable:
             raise PetError(f"finetune: {technique} recomputes masks by magnitude; layer {name} uses "
-                           f"{p.method} pruning (use method: magnitude)")
+                           f"{method.name} pruning (use method: magnitude)")
         if p.sparsity is None:
             mask = masks[name]
             groups.append(PruneGroup([name], 1.0 - float(mask.float().mean())))

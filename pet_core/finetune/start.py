@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from pet_core.finetune.masking import post_training_masks
 from pet_core.layers import compressible_layers
 from pet_core.recipe import Recipe
+from pet_core.methods.base import FactorMethod, PruneMethod, StepConfig
 from pet_core.steps import LayerSpec
 from pet_core.workbench import Workbench
 
@@ -59,13 +59,13 @@ def start_model(ref: Workbench, mode: str) -> tuple[nn.Module, dict[str, torch.T
     layers = compressible_layers(model)
     for name, spec in ref.specs.items():
         module, result = layers[name], ref.result(name)
-        if spec.low_rank is not None:
+        if spec.of_kind(FactorMethod) is not None:
             module.weight.copy_(result.weight)
             if module.bias is not None:
                 module.bias.copy_(result.bias)
         elif mode == "compressed" and name in masks:
             module.weight.mul_(masks[name])
-            if module.bias is not None and spec.prune.method != "magnitude":
+            if module.bias is not None and spec.of_kind(PruneMethod)[0].structured:
                 module.bias.copy_(result.bias)    # channel pruning zeroed these entries
     return model, masks
 
@@ -80,15 +80,16 @@ def restore_low_rank(model: nn.Module, ref: Workbench) -> None:
     layers = compressible_layers(model)
     base = baseline_tensors(ref)
     for name, spec in ref.specs.items():
-        if spec.low_rank is not None:
+        if spec.of_kind(FactorMethod) is not None:
             weight, bias = base[name]
             layers[name].weight.copy_(weight)
             if bias is not None:
                 layers[name].bias.copy_(bias)
 
 
-def _step_dict(step: Any) -> dict[str, Any]:
-    return {k: v for k, v in asdict(step).items() if v is not None}
+def _step_dict(step: StepConfig) -> dict[str, Any]:
+    """Every field that is set, so the spelled-out recipe does not depend on the default's."""
+    return {f.name: getattr(step, f.name) for f in step.data_fields() if getattr(step, f.name) is not None}
 
 
 def final_recipe(recipe: Recipe, ref: Workbench, *, keep_masks: bool) -> Recipe:
@@ -99,15 +100,12 @@ def final_recipe(recipe: Recipe, ref: Workbench, *, keep_masks: bool) -> Recipe:
     """
     layers: dict[str, dict[str, Any]] = {}
     for name, spec in ref.specs.items():
-        steps: dict[str, Any] = {}
-        for step in ("low_rank", "prune", "quantize", "share"):
-            value = getattr(spec, step)
-            if value is not None:
-                steps[step] = _step_dict(value)
-        if spec.prune is not None:
-            if spec.low_rank is not None:
+        steps = {step: _step_dict(cfg) for step, cfg in spec}
+        prune = spec.of_kind(PruneMethod)
+        if prune is not None:
+            if spec.of_kind(FactorMethod) is not None:
                 steps["prune"] = _pinned_prune(spec, ref.result(name).threshold)
-            elif keep_masks:
+            elif keep_masks and not prune[0].keeps_own_mask:
                 steps["prune"] = dict(KEEP_NONZERO)
         layers[name] = {k: v for k, v in steps.items() if v is not None}
     return recipe.replace(default={}, layers=layers)
@@ -115,9 +113,9 @@ def final_recipe(recipe: Recipe, ref: Workbench, *, keep_masks: bool) -> Recipe:
 
 def _pinned_prune(spec: LayerSpec, threshold: float | None) -> dict[str, Any] | None:
     """A low-rank layer's prune as a per-layer threshold (global groups change after training)."""
-    p = spec.prune
-    if p.method != "magnitude" or p.scope == "layer" or threshold is None:
+    method, p = spec.of_kind(PruneMethod)
+    if method.global_key(p) is None or threshold is None:
         return _step_dict(p)
     if threshold == float("-inf"):
         return None     # nothing was pruned
-    return {"method": "magnitude", "threshold": threshold, "scope": "layer"}
+    return dict(KEEP_NONZERO, threshold=threshold)

@@ -76,7 +76,7 @@ def sweep(ctx: JobContext, source: dict[str, Any], recipe: dict[str, Any], spars
     for i, (sparsity, b) in enumerate(grid):
         if ctx.is_set():
             break
-        wb.apply(base.replace(default=sweep_default(base.default, sparsity, b), finetune={}))
+        wb.apply(base.replace(default=sweep_default(base.to_dict()["default"], sparsity, b), finetune={}))
         ids.append(record_evaluation(ledger, baseline, wb.report(), owner=owner, kind="sweep"))
         ctx.report({"stage": "sweep", "step": i + 1, "steps": len(grid)}, force=True)
     return {"run_ids": ids, "points": len(ids), "of": len(grid), "stopped_reason": ctx.reason}
@@ -84,8 +84,13 @@ def sweep(ctx: JobContext, source: dict[str, Any], recipe: dict[str, Any], spars
 
 def sweep_default(default: dict[str, Any], sparsity: float, bits: int) -> dict[str, Any]:
     """``default`` with magnitude pruning at ``sparsity`` and ``bits``-bit quantization (sharing off)."""
+    from pet_core.methods import METHODS
+
     out = {k: dict(v) for k, v in default.items()}
-    prune = {**out.get("prune", {"method": "magnitude", "scope": "global"}), "sparsity": sparsity}
+    prune = out.get("prune", {"method": "magnitude", "scope": "global"})
+    if "sparsity" not in {f.name for f in METHODS[prune.get("method", "magnitude")].config.data_fields()}:
+        prune = {"method": "magnitude", "scope": "global"}          # a pattern (N:M) has no sparsity to sweep
+    prune = {**prune, "sparsity": sparsity}
     prune.pop("threshold", None)
     out["prune"] = prune
     out.pop("share", None)

@@ -8,35 +8,42 @@ Semantics match ``torch.nn.utils.prune.ln_structured(dim=0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from pet_core.errors import PetError
-from pet_core.methods.magnitude import count_to_prune
+from pet_core.fields import spec_field
+from pet_core.methods.base import Pruned, PruneMethod, StepConfig
+from pet_core.methods.magnitude import amount_label, count_to_prune, merge_by_amount, sparsity_field
+from pet_core.methods.magnitude import threshold_field
+
+NORMS = {"l1_channel": 1, "l2_channel": 2}
 
 
-@dataclass
-class ChannelConfig:
-    """Either a ``sparsity`` (fraction of channels removed) or a norm ``threshold``.
+@dataclass(frozen=True)
+class ChannelConfig(StepConfig):
+    """Either a ``sparsity`` (fraction of channels removed) or a norm ``threshold``; L1 or L2 by method.
 
-    >>> ChannelConfig(sparsity=0.25, norm=2).norm
+    >>> ChannelConfig(method="l2_channel", sparsity=0.25).norm
     2
     """
 
-    sparsity: float | None = None  # fraction of output channels to remove, in [0, 1]
-    threshold: float | None = None  # or: remove every channel with norm <= threshold
-    norm: int = 1  # 1 -> L1, 2 -> L2
+    STEP: ClassVar[str] = "prune"
+    ONE_OF: ClassVar = (("sparsity", "threshold"),)
+    method: str = spec_field("l1_channel", "how channels are scored: l1_channel or l2_channel norm",
+                             choices=tuple(NORMS), kind=str)
+    scope: str = spec_field("global", "accepted for recipes that give it; channel methods always work per layer",
+                            choices=("global", "layer"), kind=str, ui=dict(hidden=True))
+    sparsity: float | None = sparsity_field()
+    threshold: float | None = threshold_field()
 
-    def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.threshold is None):
-            raise PetError("channel pruning needs exactly one of sparsity or threshold")
-        if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:
-            raise PetError(f"channel sparsity must be in [0, 1], got {self.sparsity}")
-        if self.threshold is not None and not self.threshold >= 0.0:
-            raise PetError(f"channel threshold must be >= 0, got {self.threshold}")
-        if self.norm not in (1, 2):
-            raise PetError(f"channel norm must be 1 (L1) or 2 (L2), got {self.norm}")
+    merge = classmethod(merge_by_amount)
+
+    @property
+    def norm(self) -> int:
+        return NORMS[self.method]
 
 
 def channel_norms(w: Tensor, norm: int) -> Tensor:
@@ -95,10 +102,29 @@ def channel_prune(w: Tensor, cfg: ChannelConfig) -> tuple[Tensor, Tensor]:
     tensor([[ True,  True],
             [False, False]])
     """
-    norms = channel_norms(w, cfg.norm)
-    if cfg.threshold is not None:
-        keep = channels_above(norms, float(cfg.threshold))
-    else:
-        keep = channels_to_keep(norms, float(cfg.sparsity))
-    mask = broadcast_channel_mask(keep, w.shape)
+    mask = Channel(cfg.method).masks([w], w, cfg, None).masks[0]
     return w.detach() * mask, mask
+
+
+class Channel(PruneMethod):
+    """L1 or L2 channel pruning; the rows of ``first`` go when the weight is factored."""
+
+    config = ChannelConfig
+    structured = True
+    example = {"sparsity": 0.5}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.summary = f"Remove whole output channels with the smallest L{NORMS[name]} norm."
+
+    def masks(self, stored: list[Tensor], weight: Tensor, cfg: ChannelConfig, threshold: float | None) -> Pruned:
+        norms = channel_norms(weight, cfg.norm)                                   # (out,)
+        if cfg.threshold is not None:
+            threshold, keep = cfg.threshold, channels_above(norms, cfg.threshold)
+        else:
+            threshold, keep = None, channels_to_keep(norms, cfg.sparsity)
+        masks = [broadcast_channel_mask(keep, stored[0].shape)] + [None] * (len(stored) - 1)
+        return Pruned(masks, threshold, rows=keep)
+
+    def label(self, cfg: ChannelConfig) -> str:
+        return f"{cfg.method} {amount_label(cfg, 'norm')}"

@@ -6,43 +6,32 @@ similar dynamic range, which helps if they are quantized afterwards.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from pet_core.errors import PetError
+from pet_core.fields import spec_field
+from pet_core.methods.base import FactorMethod, Factored, StepConfig
 
 
-@dataclass
-class LowRankConfig:
+@dataclass(frozen=True)
+class LowRankConfig(StepConfig):
     """Exactly one of a fixed ``rank`` or an ``energy`` fraction of sum(s**2) to retain.
 
     >>> LowRankConfig(energy=0.9).rank is None
     True
     """
 
-    rank: int | None = None
-    energy: float | None = None  # in (0, 1]
-
-    def __post_init__(self) -> None:
-        if (self.rank is None) == (self.energy is None):
-            raise PetError("low-rank needs exactly one of rank or energy")
-        if self.rank is not None and self.rank < 1:
-            raise PetError(f"low-rank rank must be >= 1, got {self.rank}")
-        if self.energy is not None and not 0.0 < self.energy <= 1.0:
-            raise PetError(f"low-rank energy must be in (0, 1], got {self.energy}")
-
-
-@dataclass
-class Factored:
-    """Result of ``low_rank``."""
-
-    first: Tensor  # (out, r)
-    second: Tensor  # (r, in_flat)
-    rank: int
-    singular_values: Tensor  # (min(out, in_flat),) full spectrum, descending
-    values: Tensor  # reconstruction first @ second, w's shape and dtype
+    STEP: ClassVar[str] = "low_rank"
+    ONE_OF: ClassVar = (("energy", "rank"),)
+    energy: float | None = spec_field(None, "fraction of the squared singular values kept", lo=0.0, hi=1.0,
+                                      lo_open=True, ui=dict(step=0.01, default=0.9, min=0.01))
+    rank: int | None = spec_field(None, "number of singular values kept", lo=1, hi=math.inf, kind=int,
+                                  ui=dict(default=16, max=100_000))
 
 
 def as_matrix(w: Tensor) -> Tensor:
@@ -99,3 +88,19 @@ def low_rank(w: Tensor, cfg: LowRankConfig) -> Factored:
     second = root[:, None] * vh[:r]  # (r, in_flat)
     values = (first @ second).reshape(w.shape).to(w.dtype)
     return Factored(first=first, second=second, rank=r, singular_values=s, values=values)
+
+
+class LowRank(FactorMethod):
+    step = "low_rank"
+    name = "low_rank"
+    config = LowRankConfig
+    summary = "Factor a weight into two thin matrices by truncated SVD."
+    choice_label = "SVD"
+    table_field = "rank"
+    example = {"rank": 2}
+
+    def factor(self, weight: Tensor, cfg: LowRankConfig) -> Factored:
+        return low_rank(weight, cfg)
+
+    def label(self, cfg: LowRankConfig) -> str:
+        return f"rank {cfg.rank}" if cfg.rank is not None else f"energy {cfg.energy:.0%}"

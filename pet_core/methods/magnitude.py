@@ -7,32 +7,60 @@ Scoring (``magnitude_scores``), choosing (``threshold_for_sparsity``, ``SortedSc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from pet_core.errors import PetError
+from pet_core.fields import spec_field
+from pet_core.methods.base import Pruned, PruneMethod, StepConfig, merge_fields
+
+SPARSITY_HELP = "fraction of weights (or channels) set to zero"
+THRESHOLD_HELP = "zero every weight with |w| <= threshold (or channel with norm <= threshold)"
+SCOPE_HELP = ("global: one magnitude threshold across all global layers; layer: each layer pruned to its own "
+              "sparsity (channel methods always work per layer)")
 
 
-@dataclass
-class MagnitudeConfig:
+def sparsity_field() -> Any:
+    return spec_field(None, SPARSITY_HELP, lo=0.0, hi=1.0, ui=dict(step=0.01, default=0.5))
+
+
+def threshold_field() -> Any:
+    return spec_field(None, THRESHOLD_HELP, lo=0.0, hi=math.inf, ui=dict(step=0.005, default=0.05, format="%.4f"))
+
+
+def scope_field() -> Any:
+    return spec_field("global", SCOPE_HELP, choices=("global", "layer"), kind=str)
+
+
+def merge_by_amount(config: type, base: dict | None, override: dict) -> dict:
+    """A layer override that sets its own sparsity or threshold prunes that layer on its own (scope
+    ``layer``) unless it says otherwise: "fc3: {prune: {sparsity: 0.5}}" means "fc3 at 50%"."""
+    merged = merge_fields(config, base, override)
+    if any(k in override for k in ("sparsity", "threshold")) and "scope" not in override:
+        merged["scope"] = "layer"
+    return merged
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(StepConfig):
     """Either a target ``sparsity`` (fraction of weights zeroed) or an absolute ``threshold``.
 
     >>> MagnitudeConfig(sparsity=0.5)
-    MagnitudeConfig(sparsity=0.5, threshold=None)
+    MagnitudeConfig(method='magnitude', scope='global', sparsity=0.5, threshold=None)
     """
 
-    sparsity: float | None = None  # fraction of weights to zero, in [0, 1]
-    threshold: float | None = None  # or: zero every weight with |w| <= threshold
+    STEP: ClassVar[str] = "prune"
+    ONE_OF: ClassVar = (("sparsity", "threshold"),)
+    method: str = spec_field("magnitude", "how weights are chosen (see the methods list)", choices=("magnitude",),
+                             kind=str)
+    scope: str = scope_field()
+    sparsity: float | None = sparsity_field()
+    threshold: float | None = threshold_field()
 
-    def __post_init__(self) -> None:
-        if (self.sparsity is None) == (self.threshold is None):
-            raise PetError("magnitude pruning needs exactly one of sparsity or threshold")
-        if self.sparsity is not None and not 0.0 <= self.sparsity <= 1.0:
-            raise PetError(f"magnitude sparsity must be in [0, 1], got {self.sparsity}")
-        if self.threshold is not None and not self.threshold >= 0.0:  # also rejects NaN
-            raise PetError(f"magnitude threshold must be >= 0, got {self.threshold}")
+    merge = classmethod(merge_by_amount)
 
 
 def magnitude_scores(w: Tensor) -> Tensor:
@@ -107,10 +135,38 @@ def magnitude_prune(w: Tensor, cfg: MagnitudeConfig) -> tuple[Tensor, Tensor]:
     >>> magnitude_prune(torch.tensor([0.1, -3.0, 0.5, 2.0]), MagnitudeConfig(sparsity=0.5))
     (tensor([ 0., -3.,  0.,  2.]), tensor([False,  True, False,  True]))
     """
-    scores = magnitude_scores(w)
-    if cfg.threshold is not None:
-        t = float(cfg.threshold)
-    else:
-        t = threshold_for_sparsity(scores, float(cfg.sparsity))
-    mask = keep_mask(scores, t)
+    mask = Magnitude().masks([w], w, cfg, None).masks[0]
     return w.detach() * mask, mask
+
+
+def amount_label(cfg: Any, unit: str = "|w|") -> str:
+    return f"{cfg.sparsity:.0%}" if cfg.sparsity is not None else f"{unit}≤{cfg.threshold:g}"
+
+
+class Magnitude(PruneMethod):
+    name = "magnitude"
+    config = MagnitudeConfig
+    summary = "Zero the individual weights with the smallest |w|."
+    retrainable = True
+    table_field = "sparsity"
+    example = {"sparsity": 0.5}
+
+    def masks(self, stored: list[Tensor], weight: Tensor, cfg: MagnitudeConfig, threshold: float | None) -> Pruned:
+        scores = [magnitude_scores(t) for t in stored]
+        if cfg.threshold is not None:
+            threshold = cfg.threshold
+        elif threshold is None or cfg.scope != "global":
+            threshold = threshold_for_sparsity(torch.cat([s.flatten() for s in scores]), cfg.sparsity)
+        return Pruned([keep_mask(s, threshold) for s in scores], threshold)
+
+    def global_key(self, cfg: MagnitudeConfig) -> Any:
+        return cfg.sparsity if cfg.scope == "global" and cfg.sparsity is not None else None
+
+    def global_scores(self, stored: list[Tensor]) -> list[Tensor]:
+        return [magnitude_scores(t) for t in stored]
+
+    def threshold(self, scores: SortedScores, cfg: MagnitudeConfig) -> float:
+        return scores.threshold(cfg.sparsity)
+
+    def label(self, cfg: MagnitudeConfig) -> str:
+        return f"magnitude {amount_label(cfg)} {cfg.scope}"

@@ -8,38 +8,33 @@ Codes are int32 so that 16-bit quantization fits as well.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pet_core.errors import PetError
+from pet_core.fields import spec_field
+from pet_core.methods.base import CodeMethod, Coded, Trainable, FloatMask, StepConfig
 
 ALLOWED_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
-SCHEMES = ("symmetric", "asymmetric")
-GRANULARITIES = ("per_tensor", "per_channel")
+FLOAT_BITS = 32
 
 
-@dataclass
-class QuantizeConfig:
+@dataclass(frozen=True)
+class QuantizeConfig(StepConfig):
     """Bit width, scheme and granularity (per channel = one range per slice along dim 0).
 
     >>> QuantizeConfig(bits=4, scheme="asymmetric").granularity
     'per_channel'
     """
 
-    bits: int = 8
-    scheme: str = "symmetric"
-    granularity: str = "per_channel"
-
-    def __post_init__(self) -> None:
-        if self.bits not in ALLOWED_BITS:
-            raise PetError(f"quantization bits must be 1..8 or 16, got {self.bits}")
-        if self.scheme not in SCHEMES:
-            raise PetError(f"quantization scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
-        if self.granularity not in GRANULARITIES:
-            raise PetError(
-                f"quantization granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
-            )
+    STEP: ClassVar[str] = "quantize"
+    bits: int = spec_field(8, "bits per weight (uniform levels)", choices=ALLOWED_BITS, kind=int)
+    scheme: str = spec_field("symmetric", "symmetric (levels around 0) or asymmetric (min..max with an offset)",
+                             choices=("symmetric", "asymmetric"), kind=str)
+    granularity: str = spec_field("per_channel", "one scale per output channel or one per tensor",
+                                  choices=("per_channel", "per_tensor"), kind=str)
 
 
 @dataclass
@@ -145,3 +140,97 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
         step=step.to(torch.float32),
         bits=cfg.bits,
     )
+
+
+def quant_levels(scale: float, offset: float | None, bits: int) -> list[float]:
+    """The values a quantised group can take (symmetric: around 0; asymmetric: offset + k·scale).
+
+    >>> quant_levels(0.5, None, 2)
+    [-0.5, 0.0, 0.5]
+    """
+    if bits > 8:
+        return []
+    if offset is not None:
+        return [offset + k * scale for k in range(2 ** bits)]
+    if bits == 1:
+        return [-scale, scale]
+    qmax = 2 ** (bits - 1) - 1
+    return [k * scale for k in range(-qmax, qmax + 1)]
+
+
+class _SymmetricSTE(torch.autograd.Function):
+    """Forward: the masked weight quantised symmetrically (``quantize()``'s values); backward: the
+    gradient times the mask (the straight-through estimator of ``FakeQuant``).
+
+    One autograd node and in-place arithmetic on one buffer: ``w * mask``, a max and a min per group,
+    then divide, round, scale in place. No clamp: with ``scale = absmax / qmax`` every ``|w| / scale``
+    rounds to at most ``qmax``. Pruned entries and kept ones that round to 0 can come out as ``-0.0``;
+    adding ``+0.0`` makes them ``+0.0``, so the values are ``quantize()``'s bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, fmask: Tensor | None, bits: int, granularity: str) -> Tensor:
+        qmax = 2 ** (bits - 1) - 1
+        w_m = w.detach() if fmask is None else w.detach() * fmask
+        g = as_groups(w_m, granularity)                                           # (groups, n)
+        absmax = torch.maximum(g.amax(dim=1, keepdim=True), g.amin(dim=1, keepdim=True).neg_())  # (groups, 1)
+        scale = torch.where(absmax > 0, absmax / qmax, 1.0)                       # (groups, 1)
+        q = g.div_(scale) if fmask is not None else g / scale                    # w_m is ours to change
+        ctx.save_for_backward(fmask)
+        return q.round_().mul_(scale).add_(0.0).reshape(w.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (fmask,) = ctx.saved_tensors
+        return (grad if fmask is None else grad * fmask), None, None, None
+
+
+class FakeQuant(FloatMask, nn.Module):
+    """Masked weight, fake-quantised with a straight-through estimator (STE): QAT's parametrization.
+
+    The forward value is ``quantize(w * mask, cfg, mask).values`` bit for bit (so the baked weight is
+    exactly the quantised one and re-quantising it is idempotent); the gradient w.r.t. ``w`` is the
+    identity on kept weights and 0 on pruned ones. In general that is written
+    ``q + (w_m - w_m.detach())`` (``x - x`` is exactly 0, so the value is ``q``). Symmetric
+    quantisation at 2+ bits of float32/float64 weights, the common QAT setting, runs as one fused
+    autograd node instead (``_SymmetricSTE``): pruned entries of ``w_m`` are 0, so the absmax over the
+    kept entries is the absmax of ``w_m``, and they quantise to 0.
+    """
+
+    def __init__(self, cfg: QuantizeConfig, mask: Tensor | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mask", None if mask is None else mask.bool())
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.cfg.scheme == "symmetric" and self.cfg.bits >= 2 and w.dtype in (torch.float32, torch.float64):
+            fmask = None if self.mask is None else self.float_mask(w)
+            return _SymmetricSTE.apply(w, fmask, self.cfg.bits, self.cfg.granularity)
+        w_m = w if self.mask is None else w * self.float_mask(w)
+        q = quantize(w_m, self.cfg, self.mask).values     # detached inside quantize()
+        return q + (w_m - w_m.detach())
+
+
+class Quantize(CodeMethod):
+    step = "quantize"
+    name = "quantize"
+    config = QuantizeConfig
+    summary = "Round weights to 2**bits uniform levels."
+    choice_label = "k-bit levels"
+    table_field = "bits"
+    example = {"bits": 4}
+
+    def code(self, t: Tensor, mask: Tensor | None, cfg: QuantizeConfig) -> Coded:
+        """Levels drawn for per-channel quantisation are those of the widest channel."""
+        out = quantize(t, cfg, mask=mask)
+        overhead = out.scale.numel() * FLOAT_BITS * (2 if out.offset is not None else 1)
+        g = int(torch.argmax(out.scale))
+        levels = quant_levels(float(out.scale[g]), None if out.offset is None else float(out.offset[g]), cfg.bits)
+        return Coded(out.values, cfg.bits, overhead, f"int{cfg.bits}", levels,
+                     dict(codes=out.codes, scale=out.scale, offset=out.offset))
+
+    def qat(self, module: nn.Module, cfg: QuantizeConfig, mask: Tensor | None, fixed_masks: bool):
+        return Trainable(FakeQuant(cfg, mask), f"fake-quant int{cfg.bits}")
+
+    def label(self, cfg: QuantizeConfig) -> str:
+        return f"int{cfg.bits} {cfg.scheme[:3]} {cfg.granularity}"

@@ -8,30 +8,33 @@ values, so after one sort every Lloyd iteration costs O(k log n) via prefix sums
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pet_core.errors import PetError
+from pet_core.fields import spec_field
+from pet_core.methods.base import CodeMethod, Coded, Trainable, StepConfig
+
+FLOAT_BITS = 32
 
 
-@dataclass
-class ShareConfig:
-    """Number of shared values (codebook size) and the Lloyd iteration cap.
+KMEANS_ITERATIONS = 30          # Lloyd iteration cap (see tests/test_kmeans_oracle.py for why this many)
 
-    >>> ShareConfig(clusters=32).iterations
-    30
+
+@dataclass(frozen=True)
+class ShareConfig(StepConfig):
+    """Number of shared values (codebook size).
+
+    >>> ShareConfig(clusters=32).clusters
+    32
     """
 
-    clusters: int = 16
-    iterations: int = 30
-
-    def __post_init__(self) -> None:
-        if self.clusters < 1:
-            raise PetError(f"weight sharing needs clusters >= 1, got {self.clusters}")
-        if self.iterations < 0:
-            raise PetError(f"weight sharing iterations must be >= 0, got {self.iterations}")
+    STEP: ClassVar[str] = "share"
+    clusters: int = spec_field(16, "k-means clusters per layer (codebook size); indices take ceil(log2 k) bits",
+                               lo=2, hi=256, kind=int, ui=dict(help="indices take ⌈log2 k⌉ bits"))
 
 
 @dataclass
@@ -85,7 +88,7 @@ def _lloyd_sorted(xs: np.ndarray, c: np.ndarray, iterations: int) -> np.ndarray:
     return c
 
 
-def kmeans_1d(x: Tensor, k: int, iterations: int = 30) -> tuple[Tensor, Tensor]:
+def kmeans_1d(x: Tensor, k: int, iterations: int = KMEANS_ITERATIONS) -> tuple[Tensor, Tensor]:
     """1-D k-means with linear initialisation; returns ``(centroids (k',) float32, codes (n,) int32)``.
 
     Centroids are ascending, k' <= k (empty clusters dropped). If ``x`` has at most k
@@ -143,7 +146,7 @@ def share(w: Tensor, cfg: ShareConfig, mask: Tensor | None = None) -> Shared:
     keep = np.ones(a.size, dtype=bool) if mask is None else mask.detach().cpu().bool().numpy().reshape(-1)
     all_kept = bool(keep.all())
     kept = a if all_kept else a[keep]
-    codebook, kept_codes = kmeans_1d(torch.from_numpy(kept), cfg.clusters, cfg.iterations)
+    codebook, kept_codes = kmeans_1d(torch.from_numpy(kept), cfg.clusters)
     codes = kept_codes.numpy()
     if not all_kept:
         codes = np.zeros(a.size, dtype=np.int32)
@@ -155,3 +158,60 @@ def share(w: Tensor, cfg: ShareConfig, mask: Tensor | None = None) -> Shared:
         codes=torch.from_numpy(codes).reshape(w.shape),
         codebook=codebook,
     )
+
+
+class SharedCentroids(nn.Module):
+    """``codebook[codes] * mask`` from a trainable codebook ``(m,)``; codes and mask are buffers.
+
+    Deep Compression's centroid fine-tuning (Han et al. 2016): ``codebook[codes]`` sums each
+    cluster's gradients into its centroid.
+    """
+
+    def __init__(self, codes: Tensor, mask: Tensor | None, clusters: int) -> None:
+        super().__init__()
+        self.clusters = clusters
+        self.register_buffer("codes", codes.long())                  # weight's shape, values in [0, m)
+        self.register_buffer("mask", None if mask is None else mask.bool())
+
+    def forward(self, codebook: Tensor) -> Tensor:
+        values = codebook[self.codes]                                 # (weight shape)
+        return values if self.mask is None else values * self.mask
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        """The codebook that best reproduces ``w``: each cluster's mean over its kept positions."""
+        keep = torch.ones_like(w, dtype=torch.bool) if self.mask is None else self.mask
+        codes, values = self.codes[keep], w.detach()[keep]          # (kept,)
+        m = self.clusters
+        sums = torch.zeros(m, dtype=w.dtype, device=w.device).index_add_(0, codes, values)
+        counts = torch.bincount(codes, minlength=m).clamp(min=1).to(w.dtype)
+        return sums / counts                                          # (m,)
+
+
+class Share(CodeMethod):
+    step = "share"
+    name = "share"
+    config = ShareConfig
+    summary = "Share a small k-means codebook of values (Deep Compression)."
+    choice_label = "k-means codebook"
+    table_field = "clusters"
+    example = {"clusters": 8}
+
+    def code(self, t: Tensor, mask: Tensor | None, cfg: ShareConfig) -> Coded:
+        out = share(t, cfg, mask=mask)
+        m = out.codebook.numel()
+        index_bits = max(1, (m - 1).bit_length())
+        return Coded(out.values, index_bits, m * FLOAT_BITS, f"shared{m}", out.codebook.tolist(),
+                     dict(codes=out.codes, codebook=out.codebook))
+
+    def qat(self, module: nn.Module, cfg: ShareConfig, mask: Tensor | None, fixed_masks: bool):
+        """Centroid fine-tuning, starting exactly at the post-training codebook; with masks that
+        change during training (gradual, lottery) the codes would be stale: train fp32 instead."""
+        if not fixed_masks:
+            return None
+        with torch.no_grad():
+            s = share(module.weight, cfg, mask)
+        m = s.codebook.numel()
+        return Trainable(SharedCentroids(s.codes, mask, m), f"shared centroids ({m})", s.codebook)
+
+    def label(self, cfg: ShareConfig) -> str:
+        return f"k-means {cfg.clusters}"

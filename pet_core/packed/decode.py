@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pet_core.bounded import cut
-from pet_core.compose import factor_product
+from pet_core.pipeline import factor_product
 from pet_core.errors import PetError
 from pet_core.packed.container import Container
 from pet_core.packed.manifest import check_model

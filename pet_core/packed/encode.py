@@ -9,6 +9,7 @@ the working model's (``torch.equal``), so a file that would not load bit-equal i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,8 +20,10 @@ from pet_core.packed.manifest import RAW_DTYPES
 from pet_core.packed.tensor_blob import decode_tensor, encode_tensor
 from pet_core.pretrained import ZOO_VERSION
 from pet_core.size import model_bytes
-from pet_core.workbench import Workbench
 from pet_core.zoo import build_model, list_models
+
+if TYPE_CHECKING:                                     # the workbench imports the packed format
+    from pet_core.workbench import Workbench
 
 
 

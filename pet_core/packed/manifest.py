@@ -20,15 +20,14 @@ import torch
 from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
 from pet_core.packed.huffman import COUNT_BITS, LENGTH_BITS, MAX_CODE_BITS, MAX_WIDTH
-from pet_core.steps import QUANT_BITS
+from pet_core.packed.tensor_blob import huffman_streams, packed_layouts
+from pet_core.methods.quantize import ALLOWED_BITS
 from pet_core.zoo import build_model, list_models
 
 RAW_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
              "int8": 1, "uint8": 1, "bool": 1}
 RAW_DTYPES = tuple(RAW_BYTES)
 KINDS = ("float32", "symmetric", "asymmetric", "shared")
-LAYOUTS = ("dense", "bitmask", "relative")
-MAX_INDEX_BITS = 16
 MAX_CODEBOOK = 256
 MAX_SIDE = 65536                 # one input dimension (C, H or W)
 MAX_CLASSES = 1 << 20
@@ -182,18 +181,18 @@ def _check_part(p: Any, where: str, blobs: list) -> list[int]:
     shape = _shape(p, "shape", where)
     n = math.prod(shape)
     kind = _choice(p, "kind", where, KINDS)
-    bits = {"float32": (32,), "shared": tuple(range(1, 9))}.get(kind, QUANT_BITS)
+    bits = {"float32": (32,), "shared": tuple(range(1, 9))}.get(kind, ALLOWED_BITS)
     b = _choice(p, "value_bits", where, bits)
     groups = _int(p, "groups", where, *((1, max(n, 1)) if kind in ("symmetric", "asymmetric") else (0, 0)))
     if groups and n % groups:
         raise PetError(f"manifest: {where}.groups = {groups} does not divide its {n} values")
     codebook = _int(p, "codebook", where, *((0, MAX_CODEBOOK) if kind == "shared" else (0, 0)))   # 0: all pruned
-    layout = _choice(p, "layout", where, LAYOUTS)
-    widths = {"values": b}
-    count = n
-    if layout == "relative":
-        widths["gaps"] = _int(p, "index_bits", where, 1, MAX_INDEX_BITS)
-        count = _int(p, "entries", where, 0, n)                  # each entry stands for >= 1 position
+    layouts = packed_layouts()
+    layout = layouts[_choice(p, "layout", where, tuple(layouts))]
+    index, count = layout.check(p, where, n, _int)
+    widths = {name: width for name, (width, _) in index.items()}
+    counts = {name: c for name, (_, c) in index.items()}
+    widths["values"], counts["values"] = b, count
     zero = _get(p, "zero_code", where)
     if zero is not None and (type(zero) is not int or not 0 <= zero < 1 << b):
         raise PetError(f"manifest: {where}.zero_code = {shown(zero)} is not a {b}-bit code")
@@ -201,17 +200,18 @@ def _check_part(p: Any, where: str, blobs: list) -> list[int]:
     if type(flags) is not bool or (flags and zero is None):
         raise PetError(f"manifest: {where}.flags = {shown(flags)} must be true (with a zero_code) or false")
     coded = _get(p, "huffman", where)
-    if not isinstance(coded, dict) or any(k not in widths or type(v) is not bool or (v and widths[k] > MAX_WIDTH)
+    allowed = huffman_streams(layout)
+    if not isinstance(coded, dict) or any(k not in allowed or type(v) is not bool or (v and widths[k] > MAX_WIDTH)
                                           for k, v in coded.items()):
         raise PetError(f"manifest: {where}.huffman = {shown(coded)} is not a Huffman flag per stream")
     overhead = 4 * (codebook if kind == "shared" else groups * (2 if kind == "asymmetric" else 1))
-    stream_bits = n * (layout == "bitmask") + count * (layout != "bitmask" and zero is not None and flags)
+    stream_bits = count * (zero is not None and flags)                            # flag bits, at most one per entry
     for stream, width in widths.items():
         if coded.get(stream):
-            table = COUNT_BITS + min(1 << width, max(count, 1)) * (width + LENGTH_BITS)
-            stream_bits += table + count * MAX_CODE_BITS
+            table = COUNT_BITS + min(1 << width, max(counts[stream], 1)) * (width + LENGTH_BITS)
+            stream_bits += table + counts[stream] * MAX_CODE_BITS
         else:
-            stream_bits += count * width
+            stream_bits += counts[stream] * width
     length = _blob(p, where, blobs)
     if length > overhead + (stream_bits + 7) // 8:
         raise PetError(f"manifest: {where} blob has {length} bytes, more than its streams can fill")

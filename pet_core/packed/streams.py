@@ -7,15 +7,18 @@ Symbols are unsigned integers of ``b = value_bits`` bits:
 * ``asymmetric``: the code itself (levels ``offset + code·scale``);
 * ``shared``: the index into the k-means codebook.
 
-Layouts (``n`` positions, ``z`` non-zero, ``p``-bit gaps), streams in this order:
+A layout (:mod:`pet_core.encoding`) gives the index streams and the entries; the streams are, in
+this order, the layout's index streams, the entries' value symbols, then any flag bits:
 
 * ``dense``: ``n`` value symbols;
 * ``bitmask``: ``n`` presence bits, then the ``z`` non-zero value symbols;
 * ``relative``: ``z + f`` gaps of ``p`` bits, then ``z + f`` value symbols. A gap of ``g`` zeros
-  is preceded by ``g >> p`` filler entries (gap ``2^p - 1``, a zero), as in Deep Compression.
+  is preceded by ``g >> p`` filler entries (gap ``2^p - 1``, a zero), as in Deep Compression;
+* a prune method's own layout (N:M: ``⌈log2 M⌉``-bit slots, ``N`` entries per group).
 
-Zeros written into a stream (dense zeros, relative fillers) use one *zero code*: the value
-symbol least used by the real entries that could be confused with them. Symmetric codes
+Zeros written into a stream (dense zeros, relative fillers, padding) use one *zero code*: the value
+symbol least used by the real entries that could be confused with them (those in slots where a
+zero may stand). Symmetric codes
 (signed 0), float32 (+0.0) and codebooks with a spare index always have an unused one; for
 asymmetric codes, 1-bit codes and full codebooks the zero code may also be a real value, and a
 *flag* bit per ambiguous entry (1 = zero) tells them apart. Those flag bits are the only bits the
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pet_core.compose import StoredTensor
+from pet_core.encoding import StoredTensor, layout_for, nonzero_positions
 from pet_core.errors import PetError
 
 FLOAT_BITS = 32
@@ -83,71 +86,46 @@ def _zero_code(context: np.ndarray, bits: int) -> tuple[int, bool]:
     return code, bool(counts[code] > 0)
 
 
-def _entries(encoding: str, sym: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(gaps or None, value symbols, entry index of each real value) of a dense or relative layout."""
-    if encoding == "dense":
-        return None, sym.copy(), pos                                           # entry i is position i
-    p = int(encoding[len("relative-"):-len("bit")])
-    g = np.diff(pos, prepend=-1) - 1                                            # (z,) zeros before each
-    fillers = g >> p                                                            # each covers 2^p positions
-    real = np.cumsum(fillers + 1) - 1                                           # (z,)
-    top = (1 << p) - 1
-    gaps = np.full(int(pos.size + fillers.sum()), top, dtype=np.int64)         # (z + f,) fillers: gap 2^p - 1
-    gaps[real] = g & top
-    values = np.zeros(gaps.size, dtype=np.int64)
-    values[real] = sym[pos]
-    return gaps, values, real
-
-
 def build_streams(t: StoredTensor, encoding: str) -> Streams:
-    """The streams of ``t`` in ``encoding`` ("dense", "bitmask" or "relative-<p>bit")."""
+    """The streams of ``t`` in ``encoding`` (a layout label: "dense", "bitmask", "relative-<p>bit", ...)."""
     kind = coding_kind(t)
     sym, overhead = _symbols(t, kind)
     if len(overhead) * 8 != t.overhead_bits:
         raise PetError(f"tensor {t.name}: {len(overhead) * 8} overhead bits, the accounting has {t.overhead_bits}")
     b = t.value_bits
-    nonzero = (t.values.detach().reshape(-1) != 0).numpy()                      # (n,)
-    pos = np.flatnonzero(nonzero)                                               # (z,)
-    layout = encoding.split("-")[0]
-    if layout not in ("dense", "bitmask", "relative"):
-        raise PetError(f"tensor {t.name}: unknown encoding {encoding!r}")
+    n = t.values.numel()
+    layout = layout_for(t, encoding)
+    pos = nonzero_positions(t.values)                                           # (z,)
+    index = layout.index(encoding, pos, n)
     meta = dict(name=t.name, shape=list(t.values.shape), kind=kind, value_bits=b, nonzero=int(pos.size),
                 groups=0 if t.scale is None else int(t.scale.numel()),
                 codebook=0 if t.codebook is None else int(t.codebook.numel()),
-                layout=layout, zero_code=None, flags=False)
-    if layout == "bitmask":
-        return Streams(meta, overhead, [("mask", nonzero.astype(np.int64), 1), ("values", sym[pos], b)])
-    gaps, values, real = _entries(encoding, sym, pos)
-    streams = [("values", values, b)]
-    if gaps is not None:
-        meta.update(index_bits=int(encoding[len("relative-"):-len("bit")]), entries=int(gaps.size))
-        streams.insert(0, ("gaps", gaps, meta["index_bits"]))
+                layout=layout.name, zero_code=None, flags=False, **index.meta)
+    values = np.zeros(index.entry_pos.size, dtype=np.int64)                     # (E,)
+    values[index.real] = sym[pos]
+    streams = [*index.streams, ("values", values, b)]
     is_zero = np.ones(values.size, dtype=bool)
-    is_zero[real] = False
+    is_zero[index.real] = False
     if is_zero.any():
-        # real entries a zero could be mistaken for: all (dense), those in filler slots (relative)
-        context = values[real] if gaps is None else values[real][gaps[real] == (1 << meta["index_bits"]) - 1]
+        context = values[index.real][index.zero_slots[index.real]]    # real entries a zero could be taken for
         zero, flagged = _zero_code(context, b)
         meta.update(zero_code=zero, flags=flagged)
         values[is_zero] = zero
         if flagged:
-            streams.append(("flags", is_zero[_ambiguous(meta, values, gaps)].astype(np.int64), 1))
+            streams.append(("flags", is_zero[_ambiguous(meta, values, index.zero_slots)].astype(np.int64), 1))
     return Streams(meta, overhead, streams)
 
 
-def _ambiguous(meta: dict, values: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
-    """Entries that carry the zero code where a zero may stand (relative: only in filler slots)."""
-    out = values == meta["zero_code"]
-    if gaps is not None:
-        out &= gaps == (1 << meta["index_bits"]) - 1
-    return out
+def _ambiguous(meta: dict, values: np.ndarray, zero_slots: np.ndarray) -> np.ndarray:
+    """Entries that carry the zero code where a zero may stand."""
+    return (values == meta["zero_code"]) & zero_slots
 
 
-def zero_entries(meta: dict, values: np.ndarray, gaps: np.ndarray | None, flags: np.ndarray) -> np.ndarray:
-    """Which entries of a decoded dense/relative stream are zeros (fillers or pruned positions)."""
+def zero_entries(meta: dict, values: np.ndarray, zero_slots: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Which entries of a decoded stream are zeros (fillers, padding or pruned positions)."""
     if meta["zero_code"] is None:
         return np.zeros(values.size, dtype=bool)
-    ambiguous = _ambiguous(meta, values, gaps)
+    ambiguous = _ambiguous(meta, values, zero_slots)
     if not meta["flags"]:
         return ambiguous                          # the zero code is used by no real entry there
     is_zero = np.zeros(values.size, dtype=bool)
@@ -155,9 +133,9 @@ def zero_entries(meta: dict, values: np.ndarray, gaps: np.ndarray | None, flags:
     return is_zero
 
 
-def flag_count(meta: dict, values: np.ndarray, gaps: np.ndarray | None) -> int:
+def flag_count(meta: dict, values: np.ndarray, zero_slots: np.ndarray) -> int:
     """How many flag bits follow the value stream."""
-    return int(_ambiguous(meta, values, gaps).sum()) if meta["flags"] else 0
+    return int(_ambiguous(meta, values, zero_slots).sum()) if meta["flags"] else 0
 
 
 def decode_values(meta: dict, overhead: bytes, symbols: np.ndarray, positions: np.ndarray) -> torch.Tensor:

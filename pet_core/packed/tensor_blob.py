@@ -4,8 +4,9 @@ Streams are concatenated bit to bit (no byte alignment between them), so a tenso
 ``overhead bytes + ceil(stream bits / 8)``: the size accounting's ``ceil((bits + overhead) / 8)``
 exactly, as long as no flag bits are needed (see :mod:`pet_core.packed.streams`).
 
-With ``huffman=True`` the value stream (codes of at most 16 bits) and the gap stream are each
-Huffman-coded when that is smaller than their fixed width; the manifest records which were.
+With ``huffman=True`` the value stream (codes of at most 16 bits) and the index streams the layout
+allows (relative gaps) are each Huffman-coded when that is smaller than their fixed width; the
+manifest records which were.
 """
 
 from __future__ import annotations
@@ -13,20 +14,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pet_core.compose import StoredTensor
+from pet_core.encoding import CORE_LAYOUTS, Layout, StoredTensor, choose_layout
 from pet_core.errors import PetError
+from pet_core.methods import METHODS
+from pet_core.methods.base import PruneMethod
 from pet_core.packed.bits import BitReader, bits_to_bytes, bytes_to_bits, to_bit_array
 from pet_core.packed.huffman import MAX_WIDTH, decode_stream, encode_stream, huffman_bits
 from pet_core.packed.streams import Streams, build_streams, decode_values, flag_count, zero_entries
-from pet_core.size import tensor_size
-
-HUFFMAN_STREAMS = ("values", "gaps")
 
 
-def _coded(name: str, symbols: np.ndarray, width: int, huffman: bool) -> tuple[bool, int]:
-    """(use Huffman, bits) for one stream: Huffman only where it is strictly smaller."""
+
+def packed_layouts() -> dict[str, Layout]:
+    """Every layout a packed file may name: the core ones and those the prune methods add."""
+    out = {layout.name: layout for layout in CORE_LAYOUTS}
+    for method in METHODS.values():
+        if isinstance(method, PruneMethod):
+            out.update({layout.name: layout for layout in method.packed_layouts()})
+    return out
+
+
+def huffman_streams(layout: Layout) -> tuple[str, ...]:
+    """The streams of ``layout`` that may be Huffman-coded: the values and its listed index streams."""
+    return ("values", *layout.huffman)
+
+
+def _coded(name: str, symbols: np.ndarray, width: int, huffman: tuple[str, ...]) -> tuple[bool, int]:
+    """(use Huffman, bits) for one stream: Huffman only where allowed and strictly smaller."""
     fixed = symbols.size * width
-    if huffman and name in HUFFMAN_STREAMS and width <= MAX_WIDTH and symbols.size:
+    if name in huffman and width <= MAX_WIDTH and symbols.size:
         coded = huffman_bits(symbols, width)
         if coded < fixed:
             return True, coded
@@ -35,25 +50,47 @@ def _coded(name: str, symbols: np.ndarray, width: int, huffman: bool) -> tuple[b
 
 def tensor_streams(t: StoredTensor) -> Streams:
     """``t``'s streams in the layout the size accounting chose for it."""
-    return build_streams(t, tensor_size(t).encoding)
+    return build_streams(t, choose_layout(t)[0])
+
+
+def _allowed(s: Streams, huffman: bool) -> tuple[str, ...]:
+    return huffman_streams(packed_layouts()[s.meta["layout"]]) if huffman else ()
 
 
 def blob_bytes(s: Streams, huffman: bool) -> int:
     """Bytes :func:`encode_tensor` would write, computed without building the bit string."""
-    bits = sum(_coded(name, sym, width, huffman)[1] for name, sym, width in s.streams)
+    allowed = _allowed(s, huffman)
+    bits = sum(_coded(name, sym, width, allowed)[1] for name, sym, width in s.streams)
     return len(s.overhead) + (bits + 7) // 8
+
+
+def huffman_tensor_bytes(t: StoredTensor, encoding: str | None = None) -> int:
+    """Bytes of one stored tensor in the packed format with entropy coding (``save_packed(huffman=True)``).
+
+    Same layout as the size accounting; the value codes and the index streams a layout allows
+    (relative gaps) are each Huffman-coded (code-length table included) where that is smaller
+    than their fixed width, as in Deep Compression's last stage. Includes the flag bits the packed
+    format needs when the zero code is also a real value. float32 values are not coded.
+    ``encoding``: the accounting's layout label when the caller has it (saves choosing it again).
+    """
+    label, bits = choose_layout(t) if encoding is None else (encoding, None)
+    if t.value_bits > 16:
+        bits = choose_layout(t)[1] if bits is None else bits
+        return (bits + t.overhead_bits + 7) // 8
+    return blob_bytes(build_streams(t, label), huffman=True)
 
 
 def encode_tensor(t: StoredTensor, huffman: bool = False) -> tuple[bytes, dict]:
     """(blob, manifest entry) for one stored tensor."""
     s = tensor_streams(t)
+    allowed = _allowed(s, huffman)
     parts, used = [], {}
     for name, sym, width in s.streams:
-        use, _ = _coded(name, sym, width, huffman)
+        use, _ = _coded(name, sym, width, allowed)
         used[name] = use
         parts.append(encode_stream(sym, width) if use else to_bit_array(sym, width))
     bits = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    meta = dict(s.meta, huffman={k: v for k, v in used.items() if k in HUFFMAN_STREAMS},
+    meta = dict(s.meta, huffman={k: v for k, v in used.items() if k in huffman_streams(packed_layouts()[s.meta["layout"]])},
                 escape_bits=sum(sym.size for name, sym, _ in s.streams if name == "flags"))
     return s.overhead + bits_to_bytes(bits), meta
 
@@ -71,26 +108,17 @@ def _read(reader: BitReader, meta: dict, name: str, width: int, count: int) -> n
 
 
 def decode_tensor(blob: bytes, meta: dict) -> torch.Tensor:
-    """The float32 values of a tensor written by :func:`encode_tensor`."""
+    """The float32 values of a tensor written by :func:`encode_tensor` (``meta`` checked by the manifest)."""
     cut = _overhead_bytes(meta)
     if len(blob) < cut:
         raise PetError(f"tensor {meta['name']}: blob shorter than its scales/codebook")
     overhead, reader = blob[:cut], BitReader(bytes_to_bits(blob[cut:]))
     n = int(np.prod(meta["shape"], dtype=np.int64))
-    b, layout = meta["value_bits"], meta["layout"]
-    if layout == "bitmask":
-        mask = reader.fixed(1, n).astype(bool)
-        positions = np.flatnonzero(mask)
-        symbols = _read(reader, meta, "values", b, positions.size)
-    else:
-        gaps = None
-        if layout == "relative":
-            gaps = _read(reader, meta, "gaps", meta["index_bits"], meta["entries"])
-        values = _read(reader, meta, "values", b, n if gaps is None else meta["entries"])
-        flags = reader.fixed(1, flag_count(meta, values, gaps))
-        real = ~zero_entries(meta, values, gaps, flags)
-        at = np.arange(n) if gaps is None else np.cumsum(gaps + 1) - 1           # position of each entry
-        positions, symbols = at[real], values[real]
+    layout = packed_layouts()[meta["layout"]]
+    index = layout.read(meta, lambda name, width, count: _read(reader, meta, name, width, count), n)
+    values = _read(reader, meta, "values", meta["value_bits"], index.entry_pos.size)
+    flags = reader.fixed(1, flag_count(meta, values, index.zero_slots))
+    real = ~zero_entries(meta, values, index.zero_slots, flags)
     if not 0 <= reader.bits.size - reader.pos < 8:
         raise PetError(f"tensor {meta['name']}: blob length does not match its streams")
-    return decode_values(meta, overhead, symbols, positions)
+    return decode_values(meta, overhead, values[real], index.entry_pos[real])

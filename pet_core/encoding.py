@@ -1,0 +1,230 @@
+"""How a compressed tensor is stored: its values and codes (``StoredTensor``) and the layouts that
+place its non-zeros, with their exact bit counts. Size accounting and the packed format both use
+this module (neither imports the other).
+
+A layout turns the positions of a tensor's non-zero values into index streams and a list of
+*entries*, one value symbol each. Formulas (``n`` positions, ``z`` non-zero, ``b`` bits per value):
+
+* dense:     ``n·b``                    every position is an entry;
+* bitmask:   ``n + z·b``                one presence bit per position, then the non-zeros;
+* relative:  ``(z + f)·(p + b)``        Deep Compression: each entry stores the gap to the previous
+  one in ``p`` bits; a gap of ``g`` zeros needs ``⌊g / 2^p⌋`` filler entries (``p`` in 1..16,
+  chosen to minimise the total).
+
+A prune method may add layouts its pattern makes possible (N:M sparsity: ``N`` entries per group
+of ``M`` with ``⌈log2 M⌉``-bit slot indices). Entries that stand for a zero (dense zeros, fillers,
+padding) carry a *zero code*; see ``pet_core.packed.streams``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pet_core.errors import PetError
+
+MAX_INDEX_BITS = 16
+
+
+@dataclass
+class StoredTensor:
+    """One tensor as it would be stored: its values and what its encoding needs."""
+
+    name: str                      # "weight", or "weight.first" / "weight.second" when factored
+    values: torch.Tensor           # effective values (dequantised, pruned positions exactly 0)
+    value_bits: int                # bits per stored value: 32, quantisation bits, or index bits
+    overhead_bits: int = 0         # scales, offsets, codebooks
+    value_format: str = "float32"  # "float32", "int4", "shared16" ...
+    pruned: bool = False           # a pruning mask was applied (zeros are structural)
+    # What the packed format stores (None where they do not apply): the int32 codes, values' shape,
+    # as the coding method returned them, and the float32 scale/offset (groups,) or codebook (m,).
+    codes: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+    layouts: tuple = ()            # extra layouts the prune method's pattern allows (besides the core ones)
+
+
+@dataclass
+class Index:
+    """Where a layout's entries stand: its index streams and each entry's position."""
+
+    streams: list[tuple[str, np.ndarray, int]]   # (name, symbols, width), written before the values
+    entry_pos: np.ndarray                        # (E,) the flat position each entry stands for
+    zero_slots: np.ndarray                       # (E,) bool: entries where a zero may stand
+    real: np.ndarray | None = None               # (z,) entry of each non-zero value (encoding only)
+    meta: dict = field(default_factory=dict)     # what the decoder must be told (manifest fields)
+
+
+# A decoder's stream reader: (stream name, width in bits, count) -> symbols (count,) int64.
+Reader = Callable[[str, int, int], np.ndarray]
+
+
+class Layout:
+    """A way to place non-zeros. ``name`` is the manifest's ``layout``; labels may add parameters."""
+
+    name: str
+    huffman: tuple[str, ...] = ()          # index streams that may be Huffman-coded
+
+    def options(self, pos: np.ndarray, n: int, b: int) -> dict[str, int]:
+        """{label: bits of index and value streams} for ``n`` positions with non-zeros at ``pos``;
+        empty when the layout does not apply."""
+        raise NotImplementedError
+
+    def index(self, label: str, pos: np.ndarray, n: int) -> Index:
+        """The index streams and entries of ``label`` (one of :meth:`options`' labels)."""
+        raise NotImplementedError
+
+    def read(self, meta: dict, read: Reader, n: int) -> Index:
+        """Read the index streams back (``meta`` checked by :meth:`check`)."""
+        raise NotImplementedError
+
+    def check(self, meta: dict, where: str, n: int, get_int: Callable[..., int]) -> tuple[dict[str, tuple[int, int]], int]:
+        """Bounds for the manifest checker: ({index stream: (width, count)}, most entries).
+
+        ``get_int(meta, key, where, lo, hi)`` reads a checked integer field."""
+        raise NotImplementedError
+
+
+class Dense(Layout):
+    name = "dense"
+
+    def options(self, pos, n, b):
+        return {"dense": n * b}
+
+    def index(self, label, pos, n):
+        entries = np.arange(n)
+        return Index([], entries, np.ones(n, dtype=bool), real=pos)
+
+    def read(self, meta, read, n):
+        return Index([], np.arange(n), np.ones(n, dtype=bool))
+
+    def check(self, meta, where, n, get_int):
+        return {}, n
+
+
+class Bitmask(Layout):
+    name = "bitmask"
+
+    def options(self, pos, n, b):
+        return {"bitmask": n + pos.size * b} if pos.size < n else {}
+
+    def index(self, label, pos, n):
+        mask = np.zeros(n, dtype=np.int64)
+        mask[pos] = 1
+        return Index([("mask", mask, 1)], pos, np.zeros(pos.size, dtype=bool), real=np.arange(pos.size))
+
+    def read(self, meta, read, n):
+        pos = np.flatnonzero(read("mask", 1, n))
+        return Index([], pos, np.zeros(pos.size, dtype=bool))
+
+    def check(self, meta, where, n, get_int):
+        return {"mask": (1, n)}, n
+
+
+def gaps_of(pos: np.ndarray) -> np.ndarray:
+    """Zeros before each non-zero, in row-major order (trailing zeros need no entry).
+
+    >>> gaps_of(np.array([0, 9]))
+    array([0, 8])
+    """
+    return np.diff(pos, prepend=-1) - 1
+
+
+def filler_count(values: torch.Tensor, index_bits: int) -> int:
+    """Filler entries that relative indexing with ``index_bits``-bit gaps needs for ``values``.
+
+    Example: positions 0 and 9 non-zero, 3-bit gaps: the 8 zeros between need one filler.
+        >>> filler_count(torch.tensor([1.] + [0.] * 8 + [2.]), 3)
+        1
+    """
+    return int((gaps_of(nonzero_positions(values)) >> index_bits).sum())
+
+
+def relative_bits(values: torch.Tensor, value_bits: int) -> tuple[int, int]:
+    """Best relative-index layout of ``values``: (total bits, index bits p).
+
+    >>> relative_bits(torch.tensor([1.] + [0.] * 8 + [2.]), 4)
+    (16, 4)
+    """
+    # n + 1: the layout's size does not depend on n, and it is then priced even with no zeros
+    (label, bits), = Relative().options(nonzero_positions(values), values.numel() + 1, value_bits).items()
+    return bits, int(label[len("relative-"):-len("bit")])
+
+
+class Relative(Layout):
+    name = "relative"
+    huffman = ("gaps",)
+
+    def options(self, pos, n, b):
+        if pos.size >= n:
+            return {}
+        gaps = gaps_of(pos)
+        best = None
+        for p in range(1, MAX_INDEX_BITS + 1):
+            bits = (pos.size + int((gaps >> p).sum())) * (p + b)
+            if best is None or bits < best[0]:
+                best = (bits, p)
+        return {f"relative-{best[1]}bit": best[0]}
+
+    def index(self, label, pos, n):
+        p = int(label[len("relative-"):-len("bit")])
+        g = gaps_of(pos)                                                        # (z,) zeros before each
+        fillers = g >> p                                                        # each covers 2^p positions
+        real = np.cumsum(fillers + 1) - 1                                       # (z,)
+        top = (1 << p) - 1
+        gaps = np.full(int(pos.size + fillers.sum()), top, dtype=np.int64)     # (z + f,) fillers: gap 2^p - 1
+        gaps[real] = g & top
+        return Index([("gaps", gaps, p)], np.cumsum(gaps + 1) - 1, gaps == top, real=real,
+                     meta=dict(index_bits=p, entries=int(gaps.size)))
+
+    def read(self, meta, read, n):
+        gaps = read("gaps", meta["index_bits"], meta["entries"])
+        return Index([], np.cumsum(gaps + 1) - 1, gaps == (1 << meta["index_bits"]) - 1)
+
+    def check(self, meta, where, n, get_int):
+        p = get_int(meta, "index_bits", where, 1, MAX_INDEX_BITS)
+        entries = get_int(meta, "entries", where, 0, n)               # each entry stands for >= 1 position
+        return {"gaps": (p, entries)}, entries
+
+
+CORE_LAYOUTS: tuple[Layout, ...] = (Dense(), Bitmask(), Relative())
+
+
+def nonzero_positions(values: torch.Tensor) -> np.ndarray:
+    """Flat positions (z,) of the non-zero values, ascending."""
+    return np.flatnonzero(values.detach().reshape(-1).cpu().numpy() != 0)
+
+
+def layout_options(t: StoredTensor) -> dict[str, tuple[Layout, int]]:
+    """Every layout ``t`` can be stored in: {label: (layout, index + value bits)}.
+
+    The prune method's own layouts come first, so they win a tie (2:4 with a bitmask: both 2 bits
+    per kept value; the hardware's format is named).
+    """
+    n = t.values.numel()
+    pos = nonzero_positions(t.values)
+    out: dict[str, tuple[Layout, int]] = {}
+    for layout in (*t.layouts, *CORE_LAYOUTS):
+        for label, bits in layout.options(pos, n, t.value_bits).items():
+            out[label] = (layout, bits)
+    return out
+
+
+def choose_layout(t: StoredTensor) -> tuple[str, int]:
+    """(label, bits) of the smallest layout for ``t`` (values and index, without the overhead)."""
+    options = layout_options(t)
+    label = min(options, key=lambda k: options[k][1])
+    return label, options[label][1]
+
+
+def layout_for(t: StoredTensor, label: str) -> Layout:
+    """The layout a label names, among ``t``'s own and the core ones."""
+    name = label.split("-")[0]
+    for layout in (*t.layouts, *CORE_LAYOUTS):
+        if layout.name == name:
+            return layout
+    raise PetError(f"tensor {t.name}: unknown encoding {label!r}")
