@@ -18,6 +18,7 @@ padding) carry a *zero code*; see ``pet_core.packed.streams``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -69,35 +70,36 @@ class Layout:
     name: str
     huffman: tuple[str, ...] = ()          # index streams that may be Huffman-coded
 
-    def options(self, pos: np.ndarray, n: int, b: int) -> dict[str, int]:
-        """{label: bits of index and value streams} for ``n`` positions with non-zeros at ``pos``;
-        empty when the layout does not apply."""
+    def options(self, pos: np.ndarray, shape: tuple[int, ...], b: int) -> dict[str, int]:
+        """{label: bits of index and value streams} for a tensor of ``shape`` with non-zeros at flat
+        positions ``pos``; empty when the layout does not apply."""
         raise NotImplementedError
 
-    def index(self, label: str, pos: np.ndarray, n: int) -> Index:
+    def index(self, label: str, pos: np.ndarray, shape: tuple[int, ...]) -> Index:
         """The index streams and entries of ``label`` (one of :meth:`options`' labels)."""
         raise NotImplementedError
 
     def read(self, meta: dict, read: Reader, n: int) -> Index:
-        """Read the index streams back (``meta`` checked by :meth:`check`)."""
+        """Read the index streams back (``meta`` checked by :meth:`check`; its ``shape`` is the tensor's)."""
         raise NotImplementedError
 
     def check(self, meta: dict, where: str, n: int, get_int: Callable[..., int]) -> tuple[dict[str, tuple[int, int]], int]:
         """Bounds for the manifest checker: ({index stream: (width, count)}, most entries).
 
-        ``get_int(meta, key, where, lo, hi)`` reads a checked integer field."""
+        ``meta["shape"]`` is already checked; ``get_int(meta, key, where, lo, hi)`` reads a checked
+        integer field."""
         raise NotImplementedError
 
 
 class Dense(Layout):
     name = "dense"
 
-    def options(self, pos, n, b):
-        return {"dense": n * b}
+    def options(self, pos, shape, b):
+        return {"dense": math.prod(shape) * b}
 
-    def index(self, label, pos, n):
-        entries = np.arange(n)
-        return Index([], entries, np.ones(n, dtype=bool), real=pos)
+    def index(self, label, pos, shape):
+        entries = np.arange(math.prod(shape))
+        return Index([], entries, np.ones(entries.size, dtype=bool), real=pos)
 
     def read(self, meta, read, n):
         return Index([], np.arange(n), np.ones(n, dtype=bool))
@@ -109,11 +111,12 @@ class Dense(Layout):
 class Bitmask(Layout):
     name = "bitmask"
 
-    def options(self, pos, n, b):
+    def options(self, pos, shape, b):
+        n = math.prod(shape)
         return {"bitmask": n + pos.size * b} if pos.size < n else {}
 
-    def index(self, label, pos, n):
-        mask = np.zeros(n, dtype=np.int64)
+    def index(self, label, pos, shape):
+        mask = np.zeros(math.prod(shape), dtype=np.int64)
         mask[pos] = 1
         return Index([("mask", mask, 1)], pos, np.zeros(pos.size, dtype=bool), real=np.arange(pos.size))
 
@@ -151,7 +154,7 @@ def relative_bits(values: torch.Tensor, value_bits: int) -> tuple[int, int]:
     (16, 4)
     """
     # n + 1: the layout's size does not depend on n, and it is then priced even with no zeros
-    (label, bits), = Relative().options(nonzero_positions(values), values.numel() + 1, value_bits).items()
+    (label, bits), = Relative().options(nonzero_positions(values), (values.numel() + 1,), value_bits).items()
     return bits, int(label[len("relative-"):-len("bit")])
 
 
@@ -159,8 +162,8 @@ class Relative(Layout):
     name = "relative"
     huffman = ("gaps",)
 
-    def options(self, pos, n, b):
-        if pos.size >= n:
+    def options(self, pos, shape, b):
+        if pos.size >= math.prod(shape):
             return {}
         gaps = gaps_of(pos)
         best = None
@@ -170,7 +173,7 @@ class Relative(Layout):
                 best = (bits, p)
         return {f"relative-{best[1]}bit": best[0]}
 
-    def index(self, label, pos, n):
+    def index(self, label, pos, shape):
         p = int(label[len("relative-"):-len("bit")])
         g = gaps_of(pos)                                                        # (z,) zeros before each
         fillers = g >> p                                                        # each covers 2^p positions
@@ -205,11 +208,11 @@ def layout_options(t: StoredTensor) -> dict[str, tuple[Layout, int]]:
     The prune method's own layouts come first, so they win a tie (2:4 with a bitmask: both 2 bits
     per kept value; the hardware's format is named).
     """
-    n = t.values.numel()
+    shape = tuple(t.values.shape)
     pos = nonzero_positions(t.values)
     out: dict[str, tuple[Layout, int]] = {}
     for layout in (*t.layouts, *CORE_LAYOUTS):
-        for label, bits in layout.options(pos, n, t.value_bits).items():
+        for label, bits in layout.options(pos, shape, t.value_bits).items():
             out[label] = (layout, bits)
     return out
 

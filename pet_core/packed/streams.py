@@ -93,10 +93,9 @@ def build_streams(t: StoredTensor, encoding: str) -> Streams:
     if len(overhead) * 8 != t.overhead_bits:
         raise PetError(f"tensor {t.name}: {len(overhead) * 8} overhead bits, the accounting has {t.overhead_bits}")
     b = t.value_bits
-    n = t.values.numel()
     layout = layout_for(t, encoding)
     pos = nonzero_positions(t.values)                                           # (z,)
-    index = layout.index(encoding, pos, n)
+    index = layout.index(encoding, pos, tuple(t.values.shape))
     meta = dict(name=t.name, shape=list(t.values.shape), kind=kind, value_bits=b, nonzero=int(pos.size),
                 groups=0 if t.scale is None else int(t.scale.numel()),
                 codebook=0 if t.codebook is None else int(t.codebook.numel()),
