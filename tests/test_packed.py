@@ -16,6 +16,7 @@ from torch import nn
 from pet_core.pipeline import compress_layer, factor_product
 from pet_core.errors import PetError
 from pet_core.loader import load_baseline, open_workbench
+from pet_core.methods import METHODS
 from pet_core.packed import PACKED_VERSION, load_packed, packed_model_info, save_packed
 from pet_core.packed.bits import pack_bits, unpack_bits
 from pet_core.packed.huffman import (MAX_CODE_BITS, BitReader, code_lengths, decode_stream, encode_stream,
@@ -107,6 +108,12 @@ SPECS = {
     "sparse_asym2": LayerSpec(prune=MagnitudeConfig(sparsity=0.97, scope="layer"), quantize=QuantizeConfig(2, "asymmetric")),
     "identity_fp32": LayerSpec(low_rank=LowRankConfig(rank=3)),
 }
+# Every registered method's own example, alone and (for prune methods) with int4 codes: a new method
+# is in the matrix without editing this file.
+for _m in METHODS.values():
+    SPECS[f"{_m.name}_example"] = LayerSpec(**{_m.step: _m.make_config(**_m.example)})
+    if _m.step == "prune":
+        SPECS[f"{_m.name}_example_int4"] = LayerSpec(prune=_m.make_config(**_m.example), quantize=QuantizeConfig(4))
 
 
 @pytest.mark.parametrize("spec", list(SPECS))
@@ -147,6 +154,8 @@ RECIPES = {
     "int8_per_channel": {"quantize": {"bits": 8, "granularity": "per_channel"}},
     "low_rank8_int8": {"low_rank": {"rank": 8}, "quantize": {"bits": 8}},
     "channel_int6": {"prune": {"method": "l1_channel", "sparsity": 0.5}, "quantize": {"bits": 6}},
+    **{f"{m.name}_example_int8": {m.step: m.example_fields(), **({"quantize": {"bits": 8}} if m.step == "prune" else {})}
+       for m in METHODS.values()},
 }
 MODELS = ["lenet_300_100", "mnist_cnn", "resnet_mini"]
 

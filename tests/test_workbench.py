@@ -15,7 +15,8 @@ from torch.nn.utils import prune as torch_prune
 from pet_core.layers import compressible_layers
 from pet_core.loader import load_baseline
 from pet_core.recipe import Recipe
-from pet_core.steps import STEPS
+from pet_core.methods import METHODS
+from pet_core.steps import STEPS, method_of
 from pet_core.workbench import Workbench
 from pet_core.zoo import list_models
 
@@ -32,13 +33,17 @@ CONFIGS: dict[str, dict] = {
     "low_rank_energy_0.9": {"low_rank": {"energy": 0.9}},
     "low_rank_4_prune_0.5_q8": {"low_rank": {"rank": 4}, "prune": {"sparsity": 0.5}, "quantize": {"bits": 8}},
     "prune_0.9_share_32": {"prune": {"sparsity": 0.9}, "share": {"clusters": 32}},
+    # every registered method's own example: a new method joins the matrix from the registry
+    **{f"{m.name}_example": {m.step: m.example_fields()} for m in METHODS.values()},
 }
 CONFIG_NAMES = list(CONFIGS)
 
 
-def test_configs_cover_every_step():
+def test_configs_cover_every_step_and_method():
     used = {step for cfg in CONFIGS.values() for step in cfg}
     assert used == set(STEPS)
+    methods = {method_of(step, cfg).name for c in CONFIGS.values() for step, cfg in Recipe(default=c).default.items()}
+    assert methods == set(METHODS)
 
 
 def _bytes(t: torch.Tensor) -> bytes:
