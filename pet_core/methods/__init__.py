@@ -16,6 +16,7 @@ from pet_core.methods.base import CodeMethod, FactorMethod, Method, PruneMethod
 from pet_core.methods.channel import Channel
 from pet_core.methods.low_rank import LowRank
 from pet_core.methods.magnitude import Magnitude
+from pet_core.methods.nm import NM
 from pet_core.methods.quantize import Quantize
 from pet_core.methods.share import Share
 
@@ -23,6 +24,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Magnitude(),
     Channel("l1_channel"),
     Channel("l2_channel"),
+    NM(),
     Quantize(),
     Share(),
     LowRank(),
