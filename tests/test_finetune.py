@@ -6,8 +6,10 @@ the post-training workbench (masks, PTQ accuracy, codebooks), a plain forward pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,12 +33,25 @@ from pet_core.training import accuracy
 
 CPU = torch.device("cpu")
 _BASELINES: dict = {}
-
+# Zoo models are trained afresh in every test session (conftest's hermetic cache), and the weights that
+# come out depend on the CPU: ATen's and oneDNN's kernels for AVX-512, AVX2 or plain x86 sum in different
+# orders, and ten epochs turn those rounding differences into another network. QAT-vs-PTQ margins ride on
+# the exact weights (3-bit PTQ of resnet_mini: 95.8% here, 86.2-96.4% across those kernel paths), so that
+# test starts from this committed copy: pretrained("resnet_mini", digits, seed=0), torch 2.13 on AVX-512.
+# From it the accuracies are the same on every kernel path and thread count tried (2 bits: PTQ 11.56%,
+# QAT 71.33%; the trained floats differ in their last bits).
+FIXED_BASELINES = {"resnet_mini": (Path(__file__).parent / "assets" / "resnet_mini_digits.safetensors",
+                                   "b368fba81c2d003e96c8e3dc6604dc5975fd1469b91531441f964742f6e304c4")}
 
 
 def baseline(name: str):
     if name not in _BASELINES:
-        _BASELINES[name] = load_baseline(name, "digits")
+        if name in FIXED_BASELINES:
+            path, sha256 = FIXED_BASELINES[name]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, f"{path} changed"
+            _BASELINES[name] = load_baseline(str(path), "digits", arch=name)
+        else:
+            _BASELINES[name] = load_baseline(name, "digits")
     return _BASELINES[name]
 
 
