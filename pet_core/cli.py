@@ -18,7 +18,8 @@ from pet_core.analysis import analysis_report
 from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, print_runs, record_evaluation_run,
                                record_finetune_run, runs_command)
 from pet_core.errors import PetError
-from pet_core.loader import load_baseline, open_workbench
+from pet_core.loader import open_workbench
+from pet_core.runs import load_source
 from pet_core.recipe import Recipe, load as load_recipe
 from pet_core.steps import describe_methods, describe_steps
 from pet_core.zoo import list_models
@@ -82,8 +83,8 @@ def _context(args: argparse.Namespace):
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     model = args.model or recipe.model
     dataset = args.dataset or recipe.dataset
-    baseline = load_baseline(model, dataset, args.data_dir, arch=args.arch,
-                             trust_code=args.trust_code, progress=_progress)
+    baseline = load_source(model, dataset, args.data_dir, arch=args.arch,
+                           trust_code=args.trust_code, progress=_progress)
     return recipe.replace(model=model, dataset=dataset), baseline
 
 

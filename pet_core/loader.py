@@ -45,23 +45,6 @@ def is_run_source(model: str) -> bool:
     return str(model).startswith(RUN_PREFIX)
 
 
-def _load_run_source(model: str, trust_code: bool) -> Baseline:
-    """The model run ``N`` produced (its compressed weights, decoded), on that run's dataset."""
-    import copy
-
-    from pet_core.ledger import Ledger
-    from pet_core.runs import open_run
-
-    try:
-        run_id = int(model[len(RUN_PREFIX):])
-    except ValueError:
-        raise PetError(f"model {model[:40]!r}: a run source is 'run:' followed by a run id, e.g. run:12") from None
-    base, wb = open_run(Ledger(), run_id, trust_code=trust_code)
-    source = {**base.source, "model": model}
-    return Baseline(model, base.arch, base.dataset, copy.deepcopy(wb.model).eval(),
-                    {"kind": "run", "run_id": run_id}, source)
-
-
 def load_baseline(model: str, dataset: str, data_dir: str | None = None, *, arch: str | None = None,
                   trust_code: bool = False, progress: Callable[[dict], None] | None = None,
                   allow_pickle: bool | None = None) -> Baseline:
@@ -74,7 +57,7 @@ def load_baseline(model: str, dataset: str, data_dir: str | None = None, *, arch
         warnings.warn("allow_pickle is deprecated; use trust_code", DeprecationWarning, stacklevel=2)
         trust_code = trust_code or allow_pickle
     if is_run_source(model):
-        return _load_run_source(model, trust_code)
+        raise PetError(f"model {model[:40]!r} is a run: load it with pet_core.runs.load_source")
     source = {"model": model, "dataset": dataset, "data_dir": data_dir, "arch": arch}   # to rebuild it later
     ds = load_dataset(dataset, data_dir)
     if is_zoo_name(model):

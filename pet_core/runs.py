@@ -25,7 +25,7 @@ from torch import nn
 from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
 from pet_core.ledger import Ledger, model_hash
-from pet_core.loader import Baseline, is_zoo_name, load_baseline
+from pet_core.loader import RUN_PREFIX, Baseline, is_run_source, is_zoo_name, load_baseline
 from pet_core.recipe import Recipe
 from pet_core.size import model_bytes
 from pet_core.steps import resolve
@@ -219,13 +219,33 @@ def open_run(ledger: Ledger, run_id: int, *, trust_code: bool = False) -> tuple[
     return baseline, wb
 
 
+def load_source(model: str, dataset: str, data_dir: str | None = None, *, arch: str | None = None,
+                trust_code: bool = False, progress=None) -> Baseline:
+    """:func:`pet_core.loader.load_baseline`, and also ``run:N``: the model run N produced."""
+    if is_run_source(model):
+        return _load_run(model, trust_code)
+    return load_baseline(model, dataset, data_dir, arch=arch, trust_code=trust_code, progress=progress)
+
+
+def _load_run(model: str, trust_code: bool) -> Baseline:
+    """The model run ``N`` produced (its compressed weights, decoded), on that run's dataset."""
+    try:
+        run_id = int(model[len(RUN_PREFIX):])
+    except ValueError:
+        raise PetError(f"model {model[:40]!r}: a run source is 'run:' followed by a run id, e.g. run:12") from None
+    base, wb = open_run(Ledger(), run_id, trust_code=trust_code)
+    source = {**base.source, "model": model}
+    return Baseline(model, base.arch, base.dataset, copy.deepcopy(wb.model).eval(),
+                    {"kind": "run", "run_id": run_id}, source)
+
+
 def load_run_baseline(run: dict[str, Any], *, trust_code: bool = False) -> Baseline:
     """The baseline a run was made on, loaded again; PetError when its model or data changed."""
     extra = run["extra"] or {}
     model = extra.get("model_path") or run["model"]
     dataset = extra.get("dataset_spec") or run["dataset"]
-    baseline = load_baseline(model, dataset, extra.get("data_dir"), arch=extra.get("arch_given"),
-                             trust_code=trust_code)
+    baseline = load_source(model, dataset, extra.get("data_dir"), arch=extra.get("arch_given"),
+                           trust_code=trust_code)
     now = identity(baseline)
     if now["model_hash"] != run["model_hash"]:
         raise PetError(f"run {run['id']} was made on model {run['model']} with hash {run['model_hash']}, "

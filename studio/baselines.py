@@ -12,7 +12,8 @@ import threading
 
 import streamlit as st
 
-from pet_core.loader import Baseline, is_run_source, load_baseline
+from pet_core.loader import Baseline, is_run_source
+from pet_core.runs import load_source
 from studio import jobs
 from studio.text import plain
 
@@ -50,7 +51,7 @@ def shared_baseline(model: str, dataset: str, data_dir: str | None, *, train: bo
                 if train:
                     _start_pretraining(model, dataset, data_dir)
                 return None
-        base = load_baseline(model, dataset, data_dir)
+        base = load_source(model, dataset, data_dir)
         with guard:
             store[key] = base
             while len(store) > MAX_SHARED_BASELINES:

@@ -13,15 +13,15 @@ from pet_core.jobs.context import JobContext, JobStopped
 
 
 def _load(source: dict[str, Any], ctx: JobContext | None = None):
-    from pet_core.loader import load_baseline
+    from pet_core.runs import load_source
 
     def progress(event: dict) -> None:
         if ctx is not None:
             ctx.check()
             ctx.report({"stage": "training the baseline", **event})
 
-    return load_baseline(source["model"], source["dataset"], source.get("data_dir"), arch=source.get("arch"),
-                         trust_code=bool(source.get("trust_code")), progress=progress)
+    return load_source(source["model"], source["dataset"], source.get("data_dir"), arch=source.get("arch"),
+                       trust_code=bool(source.get("trust_code")), progress=progress)
 
 
 def pretrain(ctx: JobContext, source: dict[str, Any]) -> dict[str, Any]:
