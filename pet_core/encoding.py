@@ -47,6 +47,7 @@ class StoredTensor:
     offset: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
     layouts: tuple = ()            # extra layouts the prune method's pattern allows (besides the core ones)
+    coding: str | None = None      # the coding method that made ``codes`` (None: float32 values)
 
 
 @dataclass

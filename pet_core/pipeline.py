@@ -115,7 +115,8 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
             levels = levels if levels is not None else levels_i
             name = "weight" if factored is None else ("weight.first", "weight.second")[i]
             tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None,
-                                        layouts=layouts if mask is not None else (), **codes))
+                                        layouts=layouts if mask is not None else (),
+                                        coding=None if code is None else code[0].name, **codes))
         if factored is None:
             effective = tensors[0].values
         else:

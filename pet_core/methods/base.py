@@ -218,9 +218,33 @@ class PruneMethod(Method):
 
 
 class CodeMethod(Method):
-    """Stores the kept values in fewer bits (uniform levels, a codebook)."""
+    """Stores the kept values in fewer bits (uniform levels, a codebook).
+
+    Its packed coding: the ``kind`` names it writes into a manifest, the unsigned symbols and
+    float32 overhead of a coded tensor, the checks of its manifest fields, and the decoding.
+    """
+
+    packed_kinds: tuple[str, ...] = ()
 
     def code(self, t: Tensor, mask: Tensor | None, cfg: Any) -> Coded:
+        raise NotImplementedError
+
+    def packed_symbols(self, t: Any) -> tuple[str, Any, bytes, dict]:
+        """(kind, unsigned symbols (n,) int64 of every position, overhead bytes, manifest fields) of a
+        ``StoredTensor`` this method coded (its ``codes`` and ``codebook``/``scale``/``offset``)."""
+        raise NotImplementedError
+
+    def packed_check(self, kind: str, meta: dict, where: str, n: int, get_int: Any) -> tuple[int, ...]:
+        """Check this kind's manifest fields (PetError naming the first bad one); returns the
+        allowed value bits."""
+        raise NotImplementedError
+
+    def packed_overhead(self, kind: str, meta: dict) -> int:
+        """Bytes of float32 overhead before the streams (checked fields)."""
+        raise NotImplementedError
+
+    def packed_decode(self, kind: str, meta: dict, floats: Tensor, symbols: Any, idx: Tensor, n: int) -> Tensor:
+        """float32 values (len(idx),) of the symbols at flat positions ``idx``; ``floats`` the overhead."""
         raise NotImplementedError
 
     def qat(self, module: nn.Module, cfg: Any, mask: Tensor | None, fixed_masks: bool) -> Trainable | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -228,6 +229,40 @@ class Quantize(CodeMethod):
         levels = quant_levels(float(out.scale[g]), None if out.offset is None else float(out.offset[g]), cfg.bits)
         return Coded(out.values, cfg.bits, overhead, f"int{cfg.bits}", levels,
                      dict(codes=out.codes, scale=out.scale, offset=out.offset))
+
+    # packed coding: symmetric codes shifted by 2^(b-1) (1-bit ±1 -> 0/1); asymmetric codes as they
+    # are, with an offset per group. Decoding repeats quantize()'s arithmetic: bit-equal values.
+    packed_kinds = ("symmetric", "asymmetric")
+
+    def packed_symbols(self, t) -> tuple[str, np.ndarray, bytes, dict]:
+        codes = t.codes.detach().reshape(-1).numpy().astype(np.int64)                # (n,)
+        overhead = t.scale.to(torch.float32).numpy().tobytes()
+        fields = dict(groups=int(t.scale.numel()))
+        if t.offset is not None:
+            return "asymmetric", codes, overhead + t.offset.to(torch.float32).numpy().tobytes(), fields
+        b = t.value_bits
+        return "symmetric", (codes + 1) // 2 if b == 1 else codes + (1 << (b - 1)), overhead, fields
+
+    def packed_check(self, kind: str, meta: dict, where: str, n: int, get_int) -> tuple[int, ...]:
+        groups = get_int(meta, "groups", where, 1, max(n, 1))
+        if n % groups:
+            raise PetError(f"manifest: {where}.groups = {groups} does not divide its {n} values")
+        get_int(meta, "codebook", where, 0, 0)
+        return ALLOWED_BITS
+
+    def packed_overhead(self, kind: str, meta: dict) -> int:
+        return 4 * meta["groups"] * (2 if kind == "asymmetric" else 1)
+
+    def packed_decode(self, kind: str, meta: dict, floats: Tensor, symbols: np.ndarray, idx: Tensor,
+                      n: int) -> Tensor:
+        groups, b = meta["groups"], meta["value_bits"]
+        scale = floats[:groups]
+        group = idx // (n // groups)                                            # per-channel: rows of n/groups
+        codes = torch.from_numpy(symbols.astype(np.int64))
+        if kind == "symmetric":
+            codes = codes * 2 - 1 if b == 1 else codes - (1 << (b - 1))
+            return codes.to(torch.int32).to(torch.float32) * scale[group]
+        return floats[groups:][group] + codes.to(torch.int32).to(torch.float32) * scale[group]
 
     def qat(self, module: nn.Module, cfg: QuantizeConfig, mask: Tensor | None, fixed_masks: bool):
         return Trainable(FakeQuant(cfg, mask), f"fake-quant int{cfg.bits}")

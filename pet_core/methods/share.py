@@ -20,6 +20,7 @@ from pet_core.fields import spec_field
 from pet_core.methods.base import CodeMethod, Coded, Trainable, StepConfig
 
 FLOAT_BITS = 32
+MAX_CLUSTERS = 256
 
 
 KMEANS_ITERATIONS = 3000        # Lloyd iteration cap: measured in tests/test_kmeans_oracle.py (2,832 needed)
@@ -37,7 +38,7 @@ class ShareConfig(StepConfig):
 
     STEP: ClassVar[str] = "share"
     clusters: int = spec_field(16, "k-means clusters per layer (codebook size); indices take ceil(log2 k) bits",
-                               lo=2, hi=256, kind=int, ui=dict(help="indices take ⌈log2 k⌉ bits"))
+                               lo=2, hi=MAX_CLUSTERS, kind=int, ui=dict(help="indices take ⌈log2 k⌉ bits"))
 
 
 @dataclass
@@ -239,6 +240,27 @@ class Share(CodeMethod):
         index_bits = max(1, (m - 1).bit_length())
         return Coded(out.values, index_bits, m * FLOAT_BITS, f"shared{m}", out.codebook.tolist(),
                      dict(codes=out.codes, codebook=out.codebook))
+
+    # packed coding: the index into the codebook; the codebook as float32 before the streams
+    packed_kinds = ("shared",)
+
+    def packed_symbols(self, t) -> tuple[str, np.ndarray, bytes, dict]:
+        codes = t.codes.detach().reshape(-1).numpy().astype(np.int64)                # (n,)
+        return "shared", codes, t.codebook.to(torch.float32).numpy().tobytes(), dict(codebook=int(t.codebook.numel()))
+
+    def packed_check(self, kind: str, meta: dict, where: str, n: int, get_int) -> tuple[int, ...]:
+        get_int(meta, "groups", where, 0, 0)
+        get_int(meta, "codebook", where, 0, MAX_CLUSTERS)                  # 0: every value pruned
+        return tuple(range(1, (MAX_CLUSTERS - 1).bit_length() + 1))
+
+    def packed_overhead(self, kind: str, meta: dict) -> int:
+        return 4 * meta["codebook"]
+
+    def packed_decode(self, kind: str, meta: dict, floats: Tensor, symbols: np.ndarray, idx: Tensor,
+                      n: int) -> Tensor:
+        if symbols.size and symbols.max() >= floats.numel():
+            raise PetError(f"tensor {meta['name']}: codebook index out of range")
+        return floats[torch.from_numpy(symbols.astype(np.int64))]
 
     def qat(self, module: nn.Module, cfg: ShareConfig, mask: Tensor | None, fixed_masks: bool):
         """Centroid fine-tuning, starting exactly at the post-training codebook; with masks that

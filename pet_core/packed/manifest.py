@@ -20,15 +20,13 @@ import torch
 from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
 from pet_core.packed.huffman import COUNT_BITS, LENGTH_BITS, MAX_CODE_BITS, MAX_WIDTH
+from pet_core.packed.streams import coding_methods, overhead_bytes
 from pet_core.packed.tensor_blob import huffman_streams, packed_layouts
-from pet_core.methods.quantize import ALLOWED_BITS
 from pet_core.zoo import build_model, list_models
 
 RAW_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
              "int8": 1, "uint8": 1, "bool": 1}
 RAW_DTYPES = tuple(RAW_BYTES)
-KINDS = ("float32", "symmetric", "asymmetric", "shared")
-MAX_CODEBOOK = 256
 MAX_SIDE = 65536                 # one input dimension (C, H or W)
 MAX_CLASSES = 1 << 20
 DEFAULT_MAX_VALUES = 1 << 26     # 64 Mi values: 256 MiB as float32
@@ -180,13 +178,15 @@ def _check_part(p: Any, where: str, blobs: list) -> list[int]:
         raise PetError(f"manifest: {where}.name must be text")
     shape = _shape(p, "shape", where)
     n = math.prod(shape)
-    kind = _choice(p, "kind", where, KINDS)
-    bits = {"float32": (32,), "shared": tuple(range(1, 9))}.get(kind, ALLOWED_BITS)
+    codings = coding_methods()
+    kind = _choice(p, "kind", where, ("float32", *codings))
+    if kind == "float32":
+        bits = (32,)
+        _int(p, "groups", where, 0, 0)
+        _int(p, "codebook", where, 0, 0)
+    else:
+        bits = codings[kind].packed_check(kind, p, where, n, _int)
     b = _choice(p, "value_bits", where, bits)
-    groups = _int(p, "groups", where, *((1, max(n, 1)) if kind in ("symmetric", "asymmetric") else (0, 0)))
-    if groups and n % groups:
-        raise PetError(f"manifest: {where}.groups = {groups} does not divide its {n} values")
-    codebook = _int(p, "codebook", where, *((0, MAX_CODEBOOK) if kind == "shared" else (0, 0)))   # 0: all pruned
     layouts = packed_layouts()
     layout = layouts[_choice(p, "layout", where, tuple(layouts))]
     index, count = layout.check(p, where, n, _int)
@@ -204,7 +204,7 @@ def _check_part(p: Any, where: str, blobs: list) -> list[int]:
     if not isinstance(coded, dict) or any(k not in allowed or type(v) is not bool or (v and widths[k] > MAX_WIDTH)
                                           for k, v in coded.items()):
         raise PetError(f"manifest: {where}.huffman = {shown(coded)} is not a Huffman flag per stream")
-    overhead = 4 * (codebook if kind == "shared" else groups * (2 if kind == "asymmetric" else 1))
+    overhead = overhead_bytes(p)
     stream_bits = count * (zero is not None and flags)                            # flag bits, at most one per entry
     for stream, width in widths.items():
         if coded.get(stream):

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from pet_core.encoding import StoredTensor, layout_for, nonzero_positions
+from pet_core.methods import METHODS
+from pet_core.methods.base import CodeMethod
 from pet_core.errors import PetError
 
 FLOAT_BITS = 32
@@ -47,34 +49,29 @@ class Streams:
     streams: list[tuple[str, np.ndarray, int]] = field(default_factory=list)   # (name, symbols, width)
 
 
-def coding_kind(t: StoredTensor) -> str:
-    """How ``t``'s symbols map to values: float32, symmetric, asymmetric or shared."""
-    if t.codebook is not None:
-        return "shared"
-    if t.scale is not None:
-        return "symmetric" if t.offset is None else "asymmetric"
-    return "float32"
+def coding_methods() -> dict[str, CodeMethod]:
+    """{manifest kind: the coding method that writes and reads it}, from the registry."""
+    return {kind: m for m in METHODS.values() if isinstance(m, CodeMethod) for kind in m.packed_kinds}
 
 
-def _symbols(t: StoredTensor, kind: str) -> tuple[np.ndarray, bytes]:
-    """Unsigned symbols (n,) int64 for every position, and the float32 overhead bytes."""
+def _symbols(t: StoredTensor) -> tuple[str, np.ndarray, bytes, dict]:
+    """(kind, unsigned symbols (n,) int64 for every position, float32 overhead bytes, manifest fields)."""
     if t.values.dtype != torch.float32:
         raise PetError(f"tensor {t.name}: packed export stores float32 weights, got {t.values.dtype}")
-    if kind == "float32":
+    if t.coding is None:
         if t.value_bits != FLOAT_BITS:
             raise PetError(f"tensor {t.name}: float32 values must be stored at 32 bits, got {t.value_bits}")
         bits = t.values.detach().contiguous().reshape(-1).view(torch.int32).numpy()
-        return bits.astype(np.int64) & 0xFFFFFFFF, b""
+        return "float32", bits.astype(np.int64) & 0xFFFFFFFF, b"", {}
     if t.codes is None:
         raise PetError(f"tensor {t.name}: {t.value_format} values carry no codes (re-apply the recipe)")
-    codes = t.codes.detach().reshape(-1).numpy().astype(np.int64)               # (n,)
-    b = t.value_bits
-    if kind == "shared":
-        return codes, t.codebook.to(torch.float32).numpy().tobytes()
-    overhead = t.scale.to(torch.float32).numpy().tobytes()
-    if kind == "asymmetric":
-        return codes, overhead + t.offset.to(torch.float32).numpy().tobytes()
-    return ((codes + 1) // 2 if b == 1 else codes + (1 << (b - 1))), overhead
+    return METHODS[t.coding].packed_symbols(t)
+
+
+def overhead_bytes(meta: dict) -> int:
+    """Bytes of float32 overhead (scales, codebook) before a tensor's streams (checked meta)."""
+    kind = meta["kind"]
+    return 0 if kind == "float32" else coding_methods()[kind].packed_overhead(kind, meta)
 
 
 def _zero_code(context: np.ndarray, bits: int) -> tuple[int, bool]:
@@ -88,8 +85,7 @@ def _zero_code(context: np.ndarray, bits: int) -> tuple[int, bool]:
 
 def build_streams(t: StoredTensor, encoding: str) -> Streams:
     """The streams of ``t`` in ``encoding`` (a layout label: "dense", "bitmask", "relative-<p>bit", ...)."""
-    kind = coding_kind(t)
-    sym, overhead = _symbols(t, kind)
+    kind, sym, overhead, coded = _symbols(t)
     if len(overhead) * 8 != t.overhead_bits:
         raise PetError(f"tensor {t.name}: {len(overhead) * 8} overhead bits, the accounting has {t.overhead_bits}")
     b = t.value_bits
@@ -97,9 +93,7 @@ def build_streams(t: StoredTensor, encoding: str) -> Streams:
     pos = nonzero_positions(t.values)                                           # (z,)
     index = layout.index(encoding, pos, tuple(t.values.shape))
     meta = dict(name=t.name, shape=list(t.values.shape), kind=kind, value_bits=b, nonzero=int(pos.size),
-                groups=0 if t.scale is None else int(t.scale.numel()),
-                codebook=0 if t.codebook is None else int(t.codebook.numel()),
-                layout=layout.name, zero_code=None, flags=False, **index.meta)
+                **{"groups": 0, "codebook": 0, **coded}, layout=layout.name, zero_code=None, flags=False, **index.meta)
     values = np.zeros(index.entry_pos.size, dtype=np.int64)                     # (E,)
     values[index.real] = sym[pos]
     streams = [*index.streams, ("values", values, b)]
@@ -140,31 +134,18 @@ def flag_count(meta: dict, values: np.ndarray, zero_slots: np.ndarray) -> int:
 def decode_values(meta: dict, overhead: bytes, symbols: np.ndarray, positions: np.ndarray) -> torch.Tensor:
     """The float32 tensor with ``symbols`` decoded at flat ``positions`` and +0.0 elsewhere.
 
-    The arithmetic repeats quantize()/share() operation for operation, so values are bit-equal.
+    The coding method's decoding repeats its coding operation for operation, so values are bit-equal.
     """
     shape = meta["shape"]
     n = int(np.prod(shape, dtype=np.int64))
     out = torch.zeros(n, dtype=torch.float32)
     if positions.size and (positions.min() < 0 or positions.max() >= n):
         raise PetError(f"tensor {meta['name']}: stored positions run past its {n} values")
-    kind, b = meta["kind"], meta["value_bits"]
+    kind = meta["kind"]
     idx = torch.from_numpy(positions.astype(np.int64))
     if kind == "float32":
         out[idx] = torch.from_numpy(symbols.astype(np.uint32).view(np.int32).copy()).view(torch.float32)
         return out.reshape(shape)
     floats = torch.frombuffer(bytearray(overhead), dtype=torch.float32) if overhead else torch.zeros(0)
-    if kind == "shared":
-        if symbols.size and symbols.max() >= floats.numel():
-            raise PetError(f"tensor {meta['name']}: codebook index out of range")
-        out[idx] = floats[torch.from_numpy(symbols.astype(np.int64))]
-        return out.reshape(shape)
-    groups = meta["groups"]
-    scale = floats[:groups]
-    group = idx // (n // groups)                                                # per-channel: rows of n/groups
-    codes = torch.from_numpy(symbols.astype(np.int64))
-    if kind == "symmetric":
-        codes = codes * 2 - 1 if b == 1 else codes - (1 << (b - 1))
-        out[idx] = codes.to(torch.int32).to(torch.float32) * scale[group]
-    else:
-        out[idx] = floats[groups:][group] + codes.to(torch.int32).to(torch.float32) * scale[group]
+    out[idx] = coding_methods()[kind].packed_decode(kind, meta, floats, symbols, idx, n)
     return out.reshape(shape)

@@ -20,7 +20,7 @@ from pet_core.methods import METHODS
 from pet_core.methods.base import PruneMethod
 from pet_core.packed.bits import BitReader, bits_to_bytes, bytes_to_bits, to_bit_array
 from pet_core.packed.huffman import MAX_WIDTH, decode_stream, encode_stream, huffman_bits
-from pet_core.packed.streams import Streams, build_streams, decode_values, flag_count, zero_entries
+from pet_core.packed.streams import Streams, build_streams, decode_values, flag_count, overhead_bytes, zero_entries
 
 
 
@@ -95,12 +95,6 @@ def encode_tensor(t: StoredTensor, huffman: bool = False) -> tuple[bytes, dict]:
     return s.overhead + bits_to_bytes(bits), meta
 
 
-def _overhead_bytes(meta: dict) -> int:
-    if meta["kind"] == "shared":
-        return 4 * meta["codebook"]
-    return 4 * meta["groups"] * (2 if meta["kind"] == "asymmetric" else 1)
-
-
 def _read(reader: BitReader, meta: dict, name: str, width: int, count: int) -> np.ndarray:
     if meta["huffman"].get(name):
         return decode_stream(reader, width, count)
@@ -109,7 +103,7 @@ def _read(reader: BitReader, meta: dict, name: str, width: int, count: int) -> n
 
 def decode_tensor(blob: bytes, meta: dict) -> torch.Tensor:
     """The float32 values of a tensor written by :func:`encode_tensor` (``meta`` checked by the manifest)."""
-    cut = _overhead_bytes(meta)
+    cut = overhead_bytes(meta)
     if len(blob) < cut:
         raise PetError(f"tensor {meta['name']}: blob shorter than its scales/codebook")
     overhead, reader = blob[:cut], BitReader(bytes_to_bits(blob[cut:]))
