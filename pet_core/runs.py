@@ -26,6 +26,7 @@ from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
 from pet_core.ledger import Ledger, model_hash
 from pet_core.loader import RUN_PREFIX, Baseline, is_run_source, is_zoo_name, load_baseline
+from pet_core.methods.base import FactorMethod
 from pet_core.recipe import Recipe
 from pet_core.size import model_bytes
 from pet_core.steps import resolve
@@ -288,7 +289,7 @@ def _restore_low_rank(model: nn.Module, original: nn.Module, final: Recipe) -> N
     """
     layers, base = compressible_layers(model), compressible_layers(original)
     for name, spec in resolve(final.default, final.layers, list(layers)).items():
-        if spec.low_rank is not None:
+        if spec.of_kind(FactorMethod) is not None:
             layers[name].weight.copy_(base[name].weight)
             if layers[name].bias is not None:
                 layers[name].bias.copy_(base[name].bias)

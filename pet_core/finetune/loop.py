@@ -28,6 +28,7 @@ from pet_core.finetune.schedule import gradual_sparsity, mask_update_due
 from pet_core.finetune.start import final_recipe, reference, restore_low_rank, results_of, start_model
 from pet_core.finetune.trainer import RunState, Trainer, split, steps_for
 from pet_core.layers import compressible_layers
+from pet_core.methods.base import FactorMethod
 from pet_core.recipe import Recipe
 from pet_core.size import model_bytes
 from pet_core.training import accuracy, pick_device
@@ -189,7 +190,7 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
             attach_masks = {}     # dense training; the recipe's prune runs after it
         attached = attach(model, ref.specs, results_of(ref), qat="qat" in tech and "l1" not in tech,
                           masks=attach_masks, fixed_masks="gradual" not in tech)
-    l1_layers = [layers[n] for n, s in ref.specs.items() if s.low_rank is None] if "l1" in tech else []
+    l1_layers = [layers[n] for n, s in ref.specs.items() if s.of_kind(FactorMethod) is None] if "l1" in tech else []
     trainer = Trainer(cfg, data, device, make_loss(tech, teacher, l1_layers), progress=progress, stop=stop,
                       freeze_norm="lora" in tech, checkpoint_every_steps=checkpoint_every_steps,
                       checkpoint_every_s=checkpoint_every_s)

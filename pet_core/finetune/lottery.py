@@ -23,6 +23,7 @@ from pet_core.finetune.start import results_of, start_model
 from pet_core.finetune.trainer import RunState, Split, Trainer, steps_for
 from pet_core.layers import compressible_layers
 from pet_core.loader import is_zoo_name
+from pet_core.methods.base import FactorMethod
 from pet_core.recipe import Recipe
 from pet_core.training import accuracy
 from pet_core.workbench import Workbench
@@ -76,7 +77,7 @@ def lottery(ref: Workbench, recipe: Recipe, dataset: Dataset, tech: dict, data: 
     Each training run lasts the finetune section's steps (or epochs) and starts a fresh optimiser.
     """
     cfg_l = tech["lottery"]
-    if any(s.low_rank is not None for s in ref.specs.values()):
+    if any(s.of_kind(FactorMethod) is not None for s in ref.specs.values()):
         raise PetError("finetune: lottery rewinds every weight to its initial value; it cannot be combined "
                        "with low_rank")
     cfg = parse_finetune(recipe.finetune)
