@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import app_latency, deploy, engine, finetune_results, jobs_isolation  # noqa: E402
+from bench import app_latency, deploy, engine, finetune_results, jobs_isolation, nm_sparse  # noqa: E402
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +58,8 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: app_latency.bench_server("mnist_cnn", ctx)),
     Benchmark("app_browser_lenet_300_100", "Compress slider key press to new metric in Chromium, lenet_300_100",
               lambda ctx: app_latency.bench_browser("lenet_300_100", ctx)),
+    Benchmark("nm_sparse", "2:4 semi-structured Linear on sparse tensor cores vs dense (CUDA only)",
+              nm_sparse.bench_nm_sparse),
     Benchmark("jobs_isolation", "a slider move while another session's job runs: worker process vs server thread",
               jobs_isolation.bench_isolation),
     Benchmark("deploy_variants", "bytes, accuracy, latency of eager/masked/physical/ONNX/packed variants (3 models)",
