@@ -12,7 +12,8 @@ import streamlit as st
 from safetensors.torch import save
 
 from pet_core.errors import PetError
-from pet_core.export.artifacts import FORMATS, make_artifact
+from pet_core.export.artifacts import make_artifact
+from pet_core.export.formats import FORMATS
 from pet_core.figures import pareto_figure, sparsity_bars
 from pet_core.pareto import summarize_recipe
 from pet_core.physical import physical_workbench
@@ -25,11 +26,6 @@ from studio.pareto_view import run_points
 from studio.session_files import session_dir
 
 ss = st.session_state
-FORMAT_LABELS = {"packed": "packed (our format, as small as accounted)", "onnx": "ONNX fp32",
-                 "onnx-int8": "ONNX int8 (dynamic)", "onnx-int8-static": "ONNX int8 (static, calibrated)",
-                 "torchscript": "TorchScript", "state_dict": "state_dict (safetensors)"}
-SUFFIX = {"packed": ".petz", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "onnx-int8-static": ".int8s.onnx",
-          "torchscript": ".ts.pt", "state_dict": ".safetensors"}
 
 
 def artifact_row(a: dict, accounted: int) -> dict:
@@ -108,7 +104,7 @@ st.subheader("Deployable artifacts (measured)")
 st.caption("Each file is written, loaded back and run: its size is the file on disk, its accuracy and latency "
            "are measured (CPU, median of repeated runs). The numbers above are accounted, these are real.")
 c1, c2 = st.columns(2)
-fmt = c1.selectbox("Format", FORMATS, key="x_format", format_func=FORMAT_LABELS.get)
+fmt = c1.selectbox("Format", list(FORMATS), key="x_format", format_func=lambda f: FORMATS[f][0])
 physical = c2.toggle("Remove pruned channels for real (Torch-Pruning)", key="x_physical",
                      help="channel pruning only: a smaller dense model with the same outputs")
 if st.button("🔨 Build and measure", key="x_build"):
@@ -119,7 +115,7 @@ if st.button("🔨 Build and measure", key="x_build"):
                 source, info = physical_workbench(wb)
                 label = f"{label}, physically pruned"
                 st.info(f"Physically pruned: {info['params_before']:,} → {info['params_after']:,} parameters.")
-            path = session_dir() / "exports" / f"{stem}{SUFFIX[fmt]}"
+            path = session_dir() / "exports" / f"{stem}{FORMATS[fmt][1]}"
             artifact = make_artifact(fmt, source, base, path)
             ss.setdefault("artifacts", {})[label] = (run_id, {**artifact, "label": label})
             state.ledger().record("export", model=run["model"], model_hash=run["model_hash"], dataset=run["dataset"],

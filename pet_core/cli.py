@@ -18,6 +18,7 @@ from pet_core.analysis import analysis_report
 from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, print_runs, record_evaluation_run,
                                record_finetune_run, runs_command)
 from pet_core.errors import PetError
+from pet_core.export.formats import FORMATS
 from pet_core.loader import open_workbench
 from pet_core.runs import load_source
 from pet_core.recipe import Recipe, load as load_recipe
@@ -64,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="apply a recipe, write a deployable file; measured size, accuracy, latency")
     _common(p)
     add_record_args(p, export=True)
-    p.add_argument("--format", required=True,
-                   choices=["packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict"])
+    p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--physical", action="store_true",
                    help="remove channel-pruned channels for real (Torch-Pruning) before writing")

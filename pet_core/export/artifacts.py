@@ -18,10 +18,10 @@ from torch import nn
 
 from pet_core.errors import PetError
 from pet_core.export import onnx_export as ox
+from pet_core.export.formats import FORMATS
 from pet_core.latency import measure_latency
 from pet_core.size import model_bytes
 
-FORMATS = ("packed", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "state_dict")
 ONNX_FORMATS = ("onnx", "onnx-int8", "onnx-int8-static")
 LATENCY_BATCHES = (1, 64)
 NOTES = {
