@@ -86,3 +86,25 @@ def allowed_text(meta: dict, short: bool = True) -> str:
         return "any non-empty string" if meta["kind"] is str else "any"
     hi = "inf)" if meta["hi"] == math.inf else f"{meta['hi']:g}]"
     return f"{'(' if meta['lo_open'] else '['}{meta['lo']:g}, {hi}"
+
+
+def check_fields(data: dict[str, Any], metas: dict[str, dict], where: str,
+                 one_of: tuple[tuple[str, str], ...] = (), *, complete: bool = True) -> dict[str, Any]:
+    """Recipe fields checked against their metadata: unknown keys, nulls, values, one-of pairs.
+
+    ``complete``: each one-of pair needs one of its fields (False for a layer override, which the
+    default completes). Returns the normalised values; PetError names the key, value and rule.
+    """
+    checked = {}
+    for key, value in data.items():
+        if key not in metas:
+            raise PetError(f"recipe: unknown key '{where}.{shown_key(key)}' (allowed: {', '.join(metas)})")
+        if value is None:
+            raise PetError(f"recipe: {where}.{key} = null is not allowed (leave the key out instead)")
+        checked[key] = check_value(key, value, metas[key], where)
+    for a, b in one_of:
+        if a in checked and b in checked:
+            raise PetError(f"recipe: {where} sets both {a} and {b} (give one)")
+        if complete and a not in checked and b not in checked:
+            raise PetError(f"recipe: {where} needs {a} or {b}")
+    return checked

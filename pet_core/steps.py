@@ -15,9 +15,9 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pet_core.bounded import shown, shown_key
+from pet_core.bounded import shown
 from pet_core.errors import PetError
-from pet_core.fields import allowed_text, check_value
+from pet_core.fields import allowed_text, check_fields
 from pet_core.methods import METHODS
 from pet_core.methods.base import CodeMethod, FactorMethod, Method, PruneMethod, StepConfig
 
@@ -99,16 +99,7 @@ def step_patch(step: str, data: Any, where: str) -> Patch:
     else:
         metas = step_fields(step)
         one_of = tuple({p for m in STEPS[step] for p in m.config.ONE_OF})
-    out = {}
-    for name, value in data.items():
-        if name not in metas:
-            raise PetError(f"recipe: unknown key '{where}.{shown_key(name)}' (allowed: {', '.join(metas)})")
-        if value is None:
-            raise PetError(f"recipe: {where}.{name} = null is not allowed (leave the key out instead)")
-        out[name] = check_value(name, value, metas[name], where)
-    for a, b in one_of:
-        if a in out and b in out:
-            raise PetError(f"recipe: {where} sets both {a} and {b} (give one)")
+    out = check_fields(data, metas, where, one_of, complete=False)
     return Patch(step, tuple(out.items()))
 
 

@@ -17,9 +17,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pet_core.bounded import shown_key
 from pet_core.errors import PetError
-from pet_core.fields import check_value
+from pet_core.fields import check_fields, check_value
 
 
 @dataclass(frozen=True)
@@ -63,19 +62,7 @@ class StepConfig:
     @classmethod
     def from_fields(cls, data: dict[str, Any], where: str) -> "StepConfig":
         """The config from a recipe's fields, each checked with ``where`` in its message."""
-        metas = {f.name: f.metadata for f in cls.data_fields()}
-        checked = {}
-        for key, value in data.items():
-            if key not in metas:
-                raise PetError(f"recipe: unknown key '{where}.{shown_key(key)}' (allowed: {', '.join(metas)})")
-            if value is None:
-                raise PetError(f"recipe: {where}.{key} = null is not allowed (leave the key out instead)")
-            checked[key] = check_value(key, value, metas[key], where)
-        for a, b in cls.ONE_OF:
-            if a in checked and b in checked:
-                raise PetError(f"recipe: {where} sets both {a} and {b} (give one)")
-            if a not in checked and b not in checked:
-                raise PetError(f"recipe: {where} needs {a} or {b}")
+        checked = check_fields(data, {f.name: f.metadata for f in cls.data_fields()}, where, cls.ONE_OF)
         try:
             return cls(**checked, given=frozenset(checked))
         except PetError as exc:
