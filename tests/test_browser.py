@@ -191,8 +191,8 @@ def wait_idle(page, timeout_ms: int = RERUN_MS, settle_s: float = 0.6) -> None:
         time.sleep(0.1)
 
 
-def open_page(page, base: str, name: str, timeout_ms: int = RERUN_MS) -> None:
-    page.goto(base + PAGES[name])
+def open_page(page, base: str, name: str, timeout_ms: int = RERUN_MS, query: str = "") -> None:
+    page.goto(base + PAGES[name] + query)
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.get_by_role("heading", name=re.compile(TITLES[name])).first.wait_for(timeout=timeout_ms)
     wait_idle(page, timeout_ms)
@@ -424,7 +424,9 @@ def test_deep_link_on_a_fresh_plain_streamlit_run_still_renders_the_page(cache_d
 
 def test_clicking_a_pareto_point_loads_its_recipe(server, browser):
     page = browser.new_page()
-    open_page(page, server, "compress", FIRST_LOAD_MS)            # run 1: sparsity 0.70
+    # a user name of its own: Pareto then shows this session's runs only, not those other tests (AppTest
+    # sessions in this pytest process share the workspace) recorded as the default user "me"
+    open_page(page, server, "compress", FIRST_LOAD_MS, query="?user=pareto-click")   # run 1: sparsity 0.70
     before = metric(page, "Size")
     sparsity_slider(page).focus()
     for _ in range(5):
