@@ -29,6 +29,11 @@ def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
             if name and module_type(m) in COMPRESSIBLE_TYPES and getattr(m, "weight", None) is not None}
 
 
+def layer_bias(module: nn.Module) -> torch.Tensor | None:
+    """A layer's bias, or None: also for TorchScript modules, which drop a ``bias=None`` attribute."""
+    return getattr(module, "bias", None)
+
+
 def own_tensors(module: nn.Module, skip: tuple[str, ...] = ()) -> list[torch.Tensor]:
     """Parameters and buffers held directly by ``module`` (not its children), minus ``skip``."""
     params = [t for n, t in module.named_parameters(recurse=False) if n not in skip]

@@ -19,7 +19,7 @@ from torch import nn
 from pet_core.accuracy import top1_accuracy
 from pet_core.encoding import StoredTensor
 from pet_core.pipeline import LayerResult, compress_layer, prune_scores
-from pet_core.layers import compressible_layers, module_type, own_tensors, skipped_layers
+from pet_core.layers import compressible_layers, layer_bias, module_type, own_tensors, skipped_layers
 from pet_core.methods.base import FactorMethod, PruneMethod
 from pet_core.methods.magnitude import SortedScores
 from pet_core.recipe import Recipe
@@ -53,7 +53,7 @@ class Workbench:
         self.layers = compressible_layers(self.model)
         self.names = list(self.layers)
         base_layers = compressible_layers(self.baseline)
-        self._base = {n: (m.weight.detach(), None if m.bias is None else m.bias.detach())
+        self._base = {n: (m.weight.detach(), None if layer_bias(m) is None else layer_bias(m).detach())
                       for n, m in base_layers.items()}
         # 512: big enough for fast matmuls, small enough that a conv's activations (mnist_cnn:
         # 512·32·26·26 floats = 44 MB) do not page-fault on every batch as 4096 did.

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pet_core.layers import compressible_layers
+from pet_core.layers import compressible_layers, layer_bias
 from pet_core.methods.base import CodeMethod, FactorMethod, FloatMask, PruneMethod
 from pet_core.pipeline import LayerResult
 from pet_core.steps import LayerSpec
@@ -87,7 +87,7 @@ def attach(model: nn.Module, specs: dict[str, LayerSpec], results: dict[str, Lay
             what.append(trainable.description)
         elif mask is not None:
             parametrize.register_parametrization(module, "weight", Masked(mask))
-        if mask is not None and prune[0].structured and module.bias is not None:
+        if mask is not None and prune[0].structured and layer_bias(module) is not None:
             parametrize.register_parametrization(module, "bias", Masked(_channel_rows(mask)))
             what.append("bias mask")
         if code is not None and trainable is None:

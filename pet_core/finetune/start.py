@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pet_core.finetune.masking import post_training_masks
-from pet_core.layers import compressible_layers
+from pet_core.layers import compressible_layers, layer_bias
 from pet_core.recipe import Recipe
 from pet_core.methods.base import FactorMethod, PruneMethod, StepConfig
 from pet_core.steps import LayerSpec
@@ -38,7 +38,7 @@ def reference(wb: Workbench, recipe: Recipe) -> Workbench:
 
 def baseline_tensors(ref: Workbench) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """(weight, bias) of every compressible layer of the baseline."""
-    return {n: (m.weight.detach(), None if m.bias is None else m.bias.detach())
+    return {n: (m.weight.detach(), None if layer_bias(m) is None else layer_bias(m).detach())
             for n, m in compressible_layers(ref.baseline).items()}
 
 
@@ -61,11 +61,11 @@ def start_model(ref: Workbench, mode: str) -> tuple[nn.Module, dict[str, torch.T
         module, result = layers[name], ref.result(name)
         if spec.of_kind(FactorMethod) is not None:
             module.weight.copy_(result.weight)
-            if module.bias is not None:
+            if layer_bias(module) is not None:
                 module.bias.copy_(result.bias)
         elif mode == "compressed" and name in masks:
             module.weight.mul_(masks[name])
-            if module.bias is not None and spec.of_kind(PruneMethod)[0].structured:
+            if layer_bias(module) is not None and spec.of_kind(PruneMethod)[0].structured:
                 module.bias.copy_(result.bias)    # channel pruning zeroed these entries
     return model, masks
 
