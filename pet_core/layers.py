@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 COMPRESSIBLE_TYPES = ("Linear", "Conv1d", "Conv2d")
+COMPRESSIBLE_CLASSES = (nn.Linear, nn.Conv1d, nn.Conv2d)   # subclasses too: MultiheadAttention's out_proj
 SKIP_REASONS = {
     "BatchNorm1d": "per-channel affine (2 values a channel): kept at fp32, folded into the conv on export",
     "BatchNorm2d": "per-channel affine (2 values a channel): kept at fp32, folded into the conv on export",
@@ -23,10 +24,16 @@ def module_type(module: nn.Module) -> str:
     return type(module).__name__
 
 
+def is_compressible(module: nn.Module) -> bool:
+    """A Linear or Conv1d/2d with a weight: by class (subclasses included), or by TorchScript's
+    original class name."""
+    kind = isinstance(module, COMPRESSIBLE_CLASSES) or module_type(module) in COMPRESSIBLE_TYPES
+    return kind and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear and Conv1d/2d modules with a weight, by qualified name, in model order."""
-    return {name: m for name, m in model.named_modules()
-            if name and module_type(m) in COMPRESSIBLE_TYPES and getattr(m, "weight", None) is not None}
+    """Linear and Conv1d/2d modules (and their subclasses) with a weight, by qualified name, in model order."""
+    return {name: m for name, m in model.named_modules() if name and is_compressible(m)}
 
 
 def layer_bias(module: nn.Module) -> torch.Tensor | None:
