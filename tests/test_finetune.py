@@ -6,10 +6,8 @@ the post-training workbench (masks, PTQ accuracy, codebooks), a plain forward pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,25 +31,16 @@ from pet_core.training import accuracy
 
 CPU = torch.device("cpu")
 _BASELINES: dict = {}
-# Zoo models are trained afresh in every test session (conftest's hermetic cache), and the weights that
-# come out depend on the CPU: ATen's and oneDNN's kernels for AVX-512, AVX2 or plain x86 sum in different
-# orders, and ten epochs turn those rounding differences into another network. QAT-vs-PTQ margins ride on
-# the exact weights (3-bit PTQ of resnet_mini: 95.8% here, 86.2-96.4% across those kernel paths), so that
-# test starts from this committed copy: pretrained("resnet_mini", digits, seed=0), torch 2.13 on AVX-512.
-# From it the accuracies are the same on every kernel path and thread count tried (2 bits: PTQ 11.56%,
-# QAT 71.33%; the trained floats differ in their last bits).
-FIXED_BASELINES = {"resnet_mini": (Path(__file__).parent / "assets" / "resnet_mini_digits.safetensors",
-                                   "b368fba81c2d003e96c8e3dc6604dc5975fd1469b91531441f964742f6e304c4")}
+# Zoo models are trained afresh in every test session (conftest's hermetic cache), and the weights
+# depend on the CPU's kernel path (ATen and oneDNN sum in different orders on AVX-512, AVX2, SSE4.1).
+# The QAT-vs-PTQ test is stated at 2 bits, where the margin holds on every path: over the 9 ATen x
+# oneDNN combinations here, resnet_mini's 2-bit PTQ gave 10.4-16.9% and QAT 71.3-89.1% (bound: 3 points).
+# At 3 bits it did not (PTQ 86.2-96.4%): that is why the test is not at 3 bits.
 
 
 def baseline(name: str):
     if name not in _BASELINES:
-        if name in FIXED_BASELINES:
-            path, sha256 = FIXED_BASELINES[name]
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, f"{path} changed"
-            _BASELINES[name] = load_baseline(str(path), "digits", arch=name)
-        else:
-            _BASELINES[name] = load_baseline(name, "digits")
+        _BASELINES[name] = load_baseline(name, "digits")
     return _BASELINES[name]
 
 
