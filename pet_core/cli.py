@@ -20,8 +20,8 @@ from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, pri
 from pet_core.errors import PetError
 from pet_core.export.formats import FORMATS
 from pet_core.loader import open_workbench
-from pet_core.runs import load_source
 from pet_core.recipe import Recipe, load as load_recipe
+from pet_core.runs import load_source
 from pet_core.steps import describe_methods, describe_steps
 from pet_core.zoo import list_models
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pet_core.encoding import StoredTensor
-from pet_core.methods.base import CodeMethod, FactorMethod, PruneMethod
+from pet_core.methods.base import CodeMethod, Coded, FactorMethod, PruneMethod
 from pet_core.steps import LayerSpec
 
 FLOAT_BITS = 32
@@ -105,18 +105,13 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
         code = spec.of_kind(CodeMethod)
         tensors, levels = [], None
         for i, (t, mask) in enumerate(zip(stored, masks)):
-            if code is not None:
-                c = code[0].code(t, mask, code[1])
-                values, bits, overhead, fmt, levels_i, codes = (c.values, c.value_bits, c.overhead_bits,
-                                                                c.value_format, c.levels, c.codes)
-            else:
-                values = t if mask is None else t * mask
-                bits, overhead, fmt, levels_i, codes = FLOAT_BITS, 0, "float32", None, {}
-            levels = levels if levels is not None else levels_i
+            c = (code[0].code(t, mask, code[1]) if code is not None
+                 else Coded(t if mask is None else t * mask, FLOAT_BITS, 0, "float32"))
+            levels = levels if levels is not None else c.levels
             name = "weight" if factored is None else ("weight.first", "weight.second")[i]
-            tensors.append(StoredTensor(name, values, bits, overhead, fmt, pruned=mask is not None,
-                                        layouts=layouts if mask is not None else (),
-                                        coding=None if code is None else code[0].name, **codes))
+            tensors.append(StoredTensor(name, c.values, c.value_bits, c.overhead_bits, c.value_format,
+                                        pruned=mask is not None, layouts=layouts if mask is not None else (),
+                                        coding=None if code is None else code[0].name, **c.codes))
         if factored is None:
             effective = tensors[0].values
         else:

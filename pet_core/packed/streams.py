@@ -27,6 +27,7 @@ size accounting does not count (it assumes a free zero code); they are reported.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,9 @@ class Streams:
     streams: list[tuple[str, np.ndarray, int]] = field(default_factory=list)   # (name, symbols, width)
 
 
+@functools.cache
 def coding_methods() -> dict[str, CodeMethod]:
-    """{manifest kind: the coding method that writes and reads it}, from the registry."""
+    """{manifest kind: the coding method that writes and reads it}, from the registry (built once)."""
     return {kind: m for m in METHODS.values() if isinstance(m, CodeMethod) for kind in m.packed_kinds}
 
 

@@ -11,6 +11,8 @@ manifest records which were.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -21,11 +23,13 @@ from pet_core.methods.base import PruneMethod
 from pet_core.packed.bits import BitReader, bits_to_bytes, bytes_to_bits, to_bit_array
 from pet_core.packed.huffman import MAX_WIDTH, decode_stream, encode_stream, huffman_bits
 from pet_core.packed.streams import Streams, build_streams, decode_values, flag_count, overhead_bytes, zero_entries
+from pet_core.size import tensor_size
 
 
-
+@functools.cache
 def packed_layouts() -> dict[str, Layout]:
-    """Every layout a packed file may name: the core ones and those the prune methods add."""
+    """Every layout a packed file may name: the core ones and those the prune methods add (the
+    registry does not change while the process runs, so this is built once)."""
     out = {layout.name: layout for layout in CORE_LAYOUTS}
     for method in METHODS.values():
         if isinstance(method, PruneMethod):
@@ -53,13 +57,9 @@ def tensor_streams(t: StoredTensor) -> Streams:
     return build_streams(t, choose_layout(t)[0])
 
 
-def _allowed(s: Streams, huffman: bool) -> tuple[str, ...]:
-    return huffman_streams(packed_layouts()[s.meta["layout"]]) if huffman else ()
-
-
 def blob_bytes(s: Streams, huffman: bool) -> int:
     """Bytes :func:`encode_tensor` would write, computed without building the bit string."""
-    allowed = _allowed(s, huffman)
+    allowed = huffman_streams(packed_layouts()[s.meta["layout"]]) if huffman else ()
     bits = sum(_coded(name, sym, width, allowed)[1] for name, sym, width in s.streams)
     return len(s.overhead) + (bits + 7) // 8
 
@@ -73,24 +73,23 @@ def huffman_tensor_bytes(t: StoredTensor, encoding: str | None = None) -> int:
     format needs when the zero code is also a real value. float32 values are not coded.
     ``encoding``: the accounting's layout label when the caller has it (saves choosing it again).
     """
-    label, bits = choose_layout(t) if encoding is None else (encoding, None)
     if t.value_bits > 16:
-        bits = choose_layout(t)[1] if bits is None else bits
-        return (bits + t.overhead_bits + 7) // 8
-    return blob_bytes(build_streams(t, label), huffman=True)
+        return tensor_size(t).size_bytes
+    return blob_bytes(build_streams(t, encoding or choose_layout(t)[0]), huffman=True)
 
 
 def encode_tensor(t: StoredTensor, huffman: bool = False) -> tuple[bytes, dict]:
     """(blob, manifest entry) for one stored tensor."""
     s = tensor_streams(t)
-    allowed = _allowed(s, huffman)
+    codable = huffman_streams(packed_layouts()[s.meta["layout"]])
+    allowed = codable if huffman else ()
     parts, used = [], {}
     for name, sym, width in s.streams:
         use, _ = _coded(name, sym, width, allowed)
         used[name] = use
         parts.append(encode_stream(sym, width) if use else to_bit_array(sym, width))
     bits = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    meta = dict(s.meta, huffman={k: v for k, v in used.items() if k in huffman_streams(packed_layouts()[s.meta["layout"]])},
+    meta = dict(s.meta, huffman={k: v for k, v in used.items() if k in codable},
                 escape_bits=sum(sym.size for name, sym, _ in s.streams if name == "flags"))
     return s.overhead + bits_to_bytes(bits), meta
 
