@@ -163,7 +163,6 @@ def resolve(default: dict[str, StepConfig], layers: dict[str, dict[str, Patch | 
     """
     base = {step: cfg.to_dict() for step, cfg in default.items()}
     steps_by_layer = {name: dict(base) for name in layer_names}
-    overridden: dict[str, set] = {name: set() for name in layer_names}
     for pattern, override in layers.items():
         matched = [n for n in layer_names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
         if not matched:
@@ -178,7 +177,6 @@ def resolve(default: dict[str, StepConfig], layers: dict[str, dict[str, Patch | 
                 fields = patch.as_dict()
                 config = METHODS[_method_name(step, {**(steps.get(step) or {}), **fields}, step)].config
                 steps[step] = config.merge(steps.get(step), fields)
-                overridden[name].add(step)
                 if step in EXCLUSIVE and EXCLUSIVE[step] not in override:
                     steps[EXCLUSIVE[step]] = None
     specs = {}

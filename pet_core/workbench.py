@@ -95,7 +95,7 @@ class Workbench:
             if prune is not None and (key := prune[0].global_key(prune[1])) is not None:
                 groups.setdefault((prune[0].name, key), []).append(name)
         out = {}
-        for (method_name, _), names in groups.items():
+        for names in groups.values():
             method, cfg = specs[names[0]].of_kind(PruneMethod)
             key = tuple((n, specs[n].of_kind(FactorMethod)) for n in names)
             scores = self._sorted.get(key)
