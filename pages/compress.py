@@ -9,7 +9,6 @@ import streamlit as st
 import yaml
 
 from pet_core.errors import PetError
-from pet_core.layers import module_type
 from pet_core.recipe import to_token
 from pet_core.steps import resolve
 from studio import state
@@ -51,7 +50,7 @@ for column, group in zip(st.columns(len(groups())), groups()):
 
 # Per-layer overrides: a table built from the recipe, keyed by the recipe version.
 table, extra = split_layers(state.recipe().to_dict().get("layers", {}), wb.names)
-info = [{"name": n, "type": module_type(m), "params": m.weight.numel()} for n, m in wb.layers.items()]
+info = [{"name": n, "type": t.type, "params": t.weight.numel()} for n, t in wb.layers.items()]
 columns = {"skip": st.column_config.CheckboxColumn("skip", help="leave this layer uncompressed")}
 for name, spec in column_specs().items():
     if "options" in spec:

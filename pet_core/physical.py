@@ -284,17 +284,17 @@ def channel_keep_masks(wb) -> dict[str, torch.Tensor]:
     Linear/Conv to run) is never included.
     """
     # hooks fire in execution order: the last layer to see an input is the output layer
-    out_layer = list(_capture_inputs(wb.model, wb.layers, wb.x_eval[:1]))[-1]
+    out_layer = list(_capture_inputs(wb.model, {n: t.module for n, t in wb.layers.items()}, wb.x_eval[:1]))[-1]
     masks = {}
     for name in wb.names:
         prune = wb.specs[name].of_kind(PruneMethod)
         if name == out_layer or prune is None or not prune[0].structured:
             continue
-        m = wb.layers[name]
-        w = m.weight.detach()
+        t = wb.layers[name]
+        w = t.weight
         keep = w.reshape(w.shape[0], -1).ne(0).any(1)  # (out,)
-        if m.bias is not None:
-            keep |= m.bias.detach().ne(0)
+        if t.bias is not None:
+            keep |= t.bias.ne(0)
         masks[name] = keep
     return masks
 
@@ -311,4 +311,4 @@ def physical_workbench(wb):
     if not keep:
         raise PetError("nothing to remove physically: the recipe prunes no channels (use l1_channel or l2_channel)")
     model, info = physically_prune(wb.model, keep, wb.x_eval[:2])
-    return Workbench(model, wb.x_eval, wb.y_eval), info
+    return Workbench(model, wb.x_eval, wb.y_eval, task=wb.task), info

@@ -59,16 +59,17 @@ class LayerSize:
     other_bytes: int
     rank: int | None = None
     tensors: list[TensorSize] = field(default_factory=list)
+    tied: tuple[str, ...] = ()     # other modules using this very tensor (counted here, once)
 
     def as_dict(self) -> dict:
         return dict(name=self.name, type=self.type, params=self.params, nonzero=self.nonzero, bits=self.bits,
                     encoding=self.encoding, size_bytes=self.size_bytes, weight_bytes=self.weight_bytes,
-                    other_bytes=self.other_bytes, rank=self.rank,
+                    other_bytes=self.other_bytes, rank=self.rank, tied=", ".join(self.tied),
                     tensors=[vars(t) for t in self.tensors])
 
 
 def layer_size(name: str, type_: str, weight_params: int, stored: list[StoredTensor],
-               others: list[torch.Tensor], rank: int | None = None) -> LayerSize:
+               others: list[torch.Tensor], rank: int | None = None, tied: tuple[str, ...] = ()) -> LayerSize:
     """Size row of a compressible layer: its stored weight tensors plus its other tensors as they are."""
     sizes = [tensor_size(t) for t in stored]
     other_bytes = sum(stored_bytes(o) for o in others)
@@ -79,7 +80,7 @@ def layer_size(name: str, type_: str, weight_params: int, stored: list[StoredTen
     weight_bytes = sum(s.size_bytes for s in sizes)
     return LayerSize(name, type_, weight_params + sum(o.numel() for o in others), nonzero,
                      max(s.value_bits for s in sizes), encoding, weight_bytes + other_bytes,
-                     weight_bytes, other_bytes, rank, sizes)
+                     weight_bytes, other_bytes, rank, sizes, tuple(tied))
 
 
 def plain_size(name: str, type_: str, tensors: list[torch.Tensor]) -> LayerSize:

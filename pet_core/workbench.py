@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pet_core.accuracy import top1_accuracy
 from pet_core.encoding import StoredTensor
 from pet_core.pipeline import LayerResult, compress_layer, prune_scores
-from pet_core.layers import compressible_layers, layer_bias, module_type, own_tensors, skipped_layers
+from pet_core.layers import Target, module_type, own_tensors, skipped_layers, storage_key, targets
 from pet_core.methods.base import FactorMethod, PruneMethod
 from pet_core.methods.magnitude import SortedScores
 from pet_core.recipe import Recipe
@@ -28,7 +27,8 @@ from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
 MEASURE_NOTES = {
-    "accuracy": "measured: the working model (compressed weights decoded to fp32) on the eval set",
+    "metric": "measured: the working model (compressed weights decoded to fp32) on the eval set; "
+              "None when no dataset was given (weights only)",
     "size_bytes": "accounted: bytes of the chosen encoding per tensor (no file is written)",
     "size_bytes_huffman": "accounted: the same layouts with Huffman-coded value codes and gaps (packed file)",
     "speed": "simulated: masks and fake quantisation give no speed-up",
@@ -46,27 +46,39 @@ class Workbench:
         6
     """
 
-    def __init__(self, baseline: nn.Module, x_eval: torch.Tensor, y_eval: torch.Tensor, *,
-                 batch_size: int = 512) -> None:
+    def __init__(self, baseline: nn.Module, x_eval: Any = None, y_eval: Any = None, *,
+                 batch_size: int = 512, task: str = "image_classification") -> None:
         self.baseline = baseline.eval()
-        self.model = copy.deepcopy(baseline).eval()
-        self.layers = compressible_layers(self.model)
+        self.model = copy.deepcopy(baseline).eval()   # deepcopy keeps tied tensors tied
+        self.layers: dict[str, Target] = targets(self.model)
         self.names = list(self.layers)
-        base_layers = compressible_layers(self.baseline)
-        self._base = {n: (m.weight.detach(), None if layer_bias(m) is None else layer_bias(m).detach())
-                      for n, m in base_layers.items()}
+        self._base = {n: (t.weight, t.bias) for n, t in targets(self.baseline).items()}
         # 512: big enough for fast matmuls, small enough that a conv's activations (mnist_cnn:
         # 512·32·26·26 floats = 44 MB) do not page-fault on every batch as 4096 did.
-        self.x_eval, self.y_eval, self.batch_size = x_eval, y_eval, batch_size
+        self.x_eval, self.y_eval, self.batch_size, self.task = x_eval, y_eval, batch_size, task
         self.recipe: Recipe | None = None
         self.specs: dict[str, LayerSpec] = {n: LayerSpec() for n in self.names}
         self._keys: dict[str, Any] = {n: (LayerSpec(), None) for n in self.names}
         self._results: dict[str, LayerResult | None] = {n: None for n in self.names}
         self._sizes: dict[str, LayerSize] = {}   # per compressible layer, dropped when it is rewritten
         self._huffman: dict[str, int] = {}       # entropy-coded bytes per compressible layer, likewise
+        self._zeros: dict[str, int] = {}         # zero weights per layer, likewise
+        self._plain: list[tuple[str, Any]] | None = None   # the size table's order, uncompressed rows made once
         self._sorted: OrderedDict[tuple, SortedScores] = OrderedDict()
-        self._baseline_accuracy: float | None = None
+        self._baseline_metric: float | None = None
         self.last_apply_ms = 0.0
+
+    @property
+    def metric(self):
+        """The task's metric (name, direction, formatting)."""
+        from pet_core.metrics import metric_for
+
+        return metric_for(self.task)
+
+    @property
+    def measures(self) -> bool:
+        """False in weights-only mode (no eval data): the metric is not measured."""
+        return self.x_eval is not None
 
     # --- applying -----------------------------------------------------------------------------
 
@@ -111,15 +123,13 @@ class Workbench:
 
     def _write(self, name: str, spec: LayerSpec, threshold: float | None) -> None:
         weight, bias = self._base[name]
-        module = self.layers[name]
         result = None if spec.is_identity else compress_layer(weight, bias, spec, threshold)
-        with torch.no_grad():
-            module.weight.copy_(weight if result is None else result.weight)
-            if bias is not None:
-                module.bias.copy_(bias if result is None else result.bias)
+        self.layers[name].write(weight if result is None else result.weight,
+                                bias if result is None else result.bias)
         self._results[name] = result
         self._sizes.pop(name, None)
         self._huffman.pop(name, None)
+        self._zeros.pop(name, None)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -130,38 +140,64 @@ class Workbench:
     def stored_tensors(self, name: str) -> list[StoredTensor]:
         """The tensors a layer's weight is stored as (the fp32 weight itself when unchanged)."""
         result = self._results[name]
-        return result.tensors if result else [StoredTensor("weight", self.layers[name].weight.detach(), 32)]
+        return result.tensors if result else [StoredTensor("weight", self.layers[name].weight, 32)]
 
     def baseline_weight(self, name: str) -> torch.Tensor:
         return self._base[name][0]
 
-    def evaluate(self, model: nn.Module | None = None) -> float:
-        """Top-1 accuracy (a fraction) of the working copy, or of ``model``, on the eval tensors."""
-        return top1_accuracy(self.model if model is None else model, self.x_eval, self.y_eval,
-                             batch_size=self.batch_size)
+    def evaluate(self, model: nn.Module | None = None) -> float | None:
+        """The task's metric (top-1 accuracy as a fraction, or perplexity) of the working copy, or of
+        ``model``, on the eval data; None in weights-only mode."""
+        if not self.measures:
+            return None
+        from pet_core.metrics import evaluate
+
+        return evaluate(self.model if model is None else model, self.x_eval, self.y_eval, self.task,
+                        batch_size=self.batch_size)
 
     @property
-    def baseline_accuracy(self) -> float:
-        if self._baseline_accuracy is None:
-            self._baseline_accuracy = self.evaluate(self.baseline)
-        return self._baseline_accuracy
+    def baseline_metric(self) -> float | None:
+        if self._baseline_metric is None:
+            self._baseline_metric = self.evaluate(self.baseline)
+        return self._baseline_metric
+
+    baseline_accuracy = baseline_metric   # the metric of a classifier is its accuracy
+
+    def _table(self) -> list[tuple[str, Any]]:
+        """The size table's rows in model order: ("layer", name) for a target, ("plain", LayerSize) for a
+        module's tensors that no target covers. A tied tensor is counted once, at its owner."""
+        if self._plain is None:
+            by_path: dict[str, list[str]] = {}
+            for name, t in self.layers.items():
+                by_path.setdefault(t.path, []).append(name)
+            seen = {storage_key(x) for t in self.layers.values() for x in t.covered()}
+            rows: list[tuple[str, Any]] = []
+            for path, module in self.model.named_modules():
+                rows += [("layer", n) for n in by_path.get(path, ())]
+                rest = [x for x in own_tensors(module) if storage_key(x) not in seen]
+                seen.update(storage_key(x) for x in rest)
+                if rest:
+                    rows.append(("plain", plain_size(path or "(model)", module_type(module), rest)))
+            self._plain = rows
+        return self._plain
+
+    def _layer_size(self, name: str) -> LayerSize:
+        if name not in self._sizes:
+            t, result = self.layers[name], self._results[name]
+            bias = [] if t.bias is None else [t.bias]
+            self._sizes[name] = layer_size(name, t.type, t.weight.numel(), self.stored_tensors(name), bias,
+                                           rank=result.rank if result else None, tied=t.tied)
+        return self._sizes[name]
 
     def sizes(self) -> list[LayerSize]:
-        """One size row per module that owns tensors, compressed or stored as it is."""
-        rows = []
-        for name, module in self.model.named_modules():
-            if name in self.layers:
-                if name not in self._sizes:
-                    result = self._results[name]
-                    weight = module.weight.detach()
-                    stored = self.stored_tensors(name)
-                    self._sizes[name] = layer_size(name, module_type(module), weight.numel(), stored,
-                                                   own_tensors(module, skip=("weight",)),
-                                                   rank=result.rank if result else None)
-                rows.append(self._sizes[name])
-            elif own_tensors(module):
-                rows.append(plain_size(name or "(model)", module_type(module), own_tensors(module)))
-        return rows
+        """One size row per compressible tensor (with its bias) and per module with other tensors;
+        recomputed only for layers rewritten since the last call."""
+        return [self._layer_size(item) if kind == "layer" else item for kind, item in self._table()]
+
+    def zero_weights(self, name: str) -> int:
+        if name not in self._zeros:
+            self._zeros[name] = int(self.layers[name].weight.numel() - torch.count_nonzero(self.layers[name].weight))
+        return self._zeros[name]
 
     def size_bytes_huffman(self) -> int:
         """Total bytes with value codes and gaps Huffman-coded, as ``save_packed(huffman=True)`` writes."""
@@ -185,12 +221,14 @@ class Workbench:
         params = sum(p.numel() for p in self.baseline.parameters())
         nonzero = sum(r.nonzero for r in rows)
         weights = sum(self._base[n][0].numel() for n in self.names)
-        zero_weights = sum(int((self.layers[n].weight == 0).sum()) for n in self.names)
+        zero_weights = sum(self.zero_weights(n) for n in self.names)
+        metric = self.metric
         return {
             "recipe": None if self.recipe is None else self.recipe.to_dict(),
-            "baseline": {"accuracy": self.baseline_accuracy, "size_bytes": base_bytes, "params": params},
+            "metric": {**metric.to_dict(), "measured": self.measures},
+            "baseline": {metric.name: self.baseline_metric, "size_bytes": base_bytes, "params": params},
             "compressed": {
-                "accuracy": self.evaluate() if accuracy is None else accuracy,
+                metric.name: self.evaluate() if accuracy is None else accuracy,
                 "size_bytes": size_bytes,
                 "size_bytes_huffman": self.size_bytes_huffman(),
                 "nonzero_params": nonzero,
@@ -198,6 +236,6 @@ class Workbench:
                 "weight_sparsity": zero_weights / max(1, weights),
             },
             "layers": [r.as_dict() for r in rows],
-            "skipped": skipped_layers(self.model),
+            "skipped": skipped_layers(self.model, self.layers),
             "notes": MEASURE_NOTES,
         }
