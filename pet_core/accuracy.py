@@ -8,11 +8,29 @@ import torch
 from torch import nn
 
 
+def logits_of(out: Any) -> Any:
+    """The logits in a model's output: a tensor as it is, ``out.logits`` (a transformers ModelOutput),
+    or the first item of a tuple/list.
+
+    >>> logits_of((torch.ones(1, 2), "hidden states")).shape
+    torch.Size([1, 2])
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is not None:
+        return logits
+    if isinstance(out, (tuple, list)) and out:
+        return out[0]
+    return out
+
+
 def top1_accuracy(model: nn.Module | Callable[[Any], Any], x: Any, y: Any, *, batch_size: int = 1024) -> float:
     """Fraction of ``x`` (N, ...) whose highest logit is the label in ``y`` (N,); 0.0 for no items.
 
     ``model`` is a torch module or any ``predict(xb) -> logits (b, classes)`` callable (for example
-    an onnxruntime session wrapped to take numpy batches); ``x`` and ``y`` are torch tensors or numpy
+    an onnxruntime session wrapped to take numpy batches); an output that is a ModelOutput or a tuple
+    counts through :func:`logits_of`; ``x`` and ``y`` are torch tensors or numpy
     arrays, sliced in batches of ``batch_size`` under :func:`torch.inference_mode`. A module's batches
     are moved to the device of its first parameter (the CPU when it has none) and its predictions
     back to the labels' device. The module's train/eval mode is left as it is.
@@ -36,11 +54,11 @@ def top1_accuracy(model: nn.Module | Callable[[Any], Any], x: Any, y: Any, *, ba
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]  # (b, ...), (b,)
             if device is not None:
                 xb = xb.to(device)
-            pred = model(xb).argmax(1)  # (b,)
+            pred = logits_of(model(xb)).argmax(1)  # (b,)
             if isinstance(pred, torch.Tensor) and isinstance(yb, torch.Tensor):
                 pred = pred.to(yb.device)
             correct += int((pred == yb).sum())
     return correct / n
 
 
-__all__ = ["top1_accuracy"]
+__all__ = ["logits_of", "top1_accuracy"]

@@ -1,6 +1,7 @@
 """``python -m pet_core``: models, analyze, evaluate, finetune, export, runs — the same numbers as the app.
 
-Bad input exits 2 with one line on stderr. Accuracies are fractions in [0, 1]; sizes are bytes.
+Bad input exits 2 with one line on stderr. Accuracies are fractions in [0, 1]; sizes are bytes. A
+language model's metric is perplexity (lower is better); the text output names the metric.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, pri
                                record_finetune_run, runs_command)
 from pet_core.errors import PetError
 from pet_core.export.formats import FORMATS
-from pet_core.loader import open_workbench
+from pet_core.loader import is_run_source, load_baseline, open_workbench
+from pet_core.metrics import METRICS, TASKS, Metric
 from pet_core.recipe import Recipe, load as load_recipe
 from pet_core.runs import load_source
 from pet_core.steps import describe_methods, describe_steps
@@ -32,11 +34,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="zoo name or model file (default: the recipe's, else lenet_300_100)")
-    p.add_argument("--dataset", help="digits | mnist | PATH.npz (default: the recipe's, else digits)")
+    p.add_argument("--model", help="zoo name, Hugging Face model folder or model file "
+                                    "(default: the recipe's, else lenet_300_100)")
+    p.add_argument("--dataset", help="digits | mnist | PATH.npz | PATH.txt (token text for a causal LM); "
+                                     "default: the recipe's; left out: weights only (a zoo model uses digits)")
+    p.add_argument("--task", choices=TASKS, help="the model's task, when its folder or file does not say "
+                                                 "(default: an HF folder's config, else image_classification)")
     p.add_argument("--data-dir", help="MNIST folder with the four IDX files (or set PET_MNIST_DIR)")
     p.add_argument("--recipe", help="recipe file (.yaml, .yml or .json)")
-    p.add_argument("--arch", help="zoo architecture of a state_dict file (inferred when left out)")
+    p.add_argument("--arch", help="zoo architecture of a state_dict file (inferred when left out), or "
+                                   "module.path:factory (with --trust-code)")
     p.add_argument("--trust-code", "--allow-pickle", dest="trust_code", action="store_true",
                    help="allow model files that run their own code when loaded: pickle, TorchScript, torch.export")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -82,10 +89,16 @@ def _progress(event: dict) -> None:
 def _context(args: argparse.Namespace):
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     model = args.model or recipe.model
-    dataset = args.dataset or recipe.dataset
-    baseline = load_source(model, dataset, args.data_dir, arch=args.arch,
-                           trust_code=args.trust_code, progress=_progress)
-    return recipe.replace(model=model, dataset=dataset), baseline
+    dataset = args.dataset or (recipe.dataset if args.recipe else None)   # None: weights only (zoo: digits)
+    if is_run_source(model):
+        baseline = load_source(model, dataset, args.data_dir, arch=args.arch,
+                               trust_code=args.trust_code, progress=_progress)
+    else:
+        baseline = load_baseline(model, dataset, args.data_dir, arch=args.arch, task=args.task,
+                                 trust_code=args.trust_code, progress=_progress)
+    if dataset is None and baseline.dataset is not None:
+        dataset = baseline.dataset.name            # a zoo model's default, digits
+    return recipe.replace(model=model, dataset=dataset or recipe.dataset), baseline
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +113,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe, baseline = _context(args)
     wb = open_workbench(baseline)
     wb.apply(recipe)
-    head = {"model": recipe.model, "dataset": recipe.dataset, "dataset_note": baseline.dataset.note}
+    ds = baseline.dataset
+    head = {"model": recipe.model, "dataset": None if ds is None else recipe.dataset,
+            "dataset_note": "" if ds is None else ds.note, "task": baseline.task}
     if args.command == "analyze":
         return {**head, **analysis_report(wb.model)}
     if args.command == "finetune":
@@ -217,9 +232,23 @@ def _print_text(command: str, out: Any) -> None:
     print(f"{'layer':24s} {'params':>9s} {'nonzero':>9s} {'bits':>4s} {'bytes':>10s}  encoding")
     for r in out["layers"]:
         print(f"{r['name']:24s} {r['params']:9d} {r['nonzero']:9d} {r['bits']:4d} {r['size_bytes']:10d}  {r['encoding']}")
-    print(f"baseline:   accuracy {b['accuracy']:.4f}  {b['size_bytes']:,} bytes  {b['params']:,} params")
-    print(f"compressed: accuracy {c['accuracy']:.4f}  {c['size_bytes']:,} bytes  "
+    print(f"baseline:   {_metric_text(out, b)}  {b['size_bytes']:,} bytes  {b['params']:,} params")
+    print(f"compressed: {_metric_text(out, c)}  {c['size_bytes']:,} bytes  "
           f"{c['compression_ratio']:.2f}x  (sizes accounted, not a file)")
+
+
+def _metric_text(out: dict[str, Any], part: dict[str, Any]) -> str:
+    """"accuracy 0.9778", "perplexity 43.21 (lower is better)" or "<metric> not measured", from
+    ``out["metric"]`` ({"name", "higher_is_better"}) when the report has one, else accuracy."""
+    given = out.get("metric") if isinstance(out.get("metric"), dict) else {}
+    name = str(given.get("name") or "accuracy")
+    metric = METRICS.get(name) or Metric(name, bool(given.get("higher_is_better", True)), name)
+    value = part.get(name, part.get("metric_value", part.get("accuracy")))
+    if value is None:
+        return f"{name} not measured"
+    if metric.name == "accuracy":
+        return f"accuracy {value:.4f}"
+    return f"{name} {value:.2f}" + ("" if metric.higher_is_better else " (lower is better)")
 
 
 def main(argv: list[str] | None = None) -> int:

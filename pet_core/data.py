@@ -1,7 +1,9 @@
 """Datasets: sklearn digits (offline default), MNIST from IDX files, and user .npz files.
 
-Every loader returns a :class:`Dataset` with NCHW float32 images standardised with the
-training-set mean/std, int64 labels and a short fingerprint used as a cache key.
+Every image loader returns a :class:`Dataset` with NCHW float32 images standardised with the
+training-set mean/std, int64 labels and a short fingerprint used as a cache key. Token datasets
+for text models (``task="sequence_classification"`` or ``"causal_lm"``) keep int64 token ids;
+they are read by :mod:`pet_core.token_data`.
 """
 
 from __future__ import annotations
@@ -34,26 +36,39 @@ IDX_LABELS_MAGIC = 2049
 
 @dataclass
 class Dataset:
-    """Train/test tensors of an image classification task, ready for a model."""
+    """Train/test tensors of a task, ready for a model."""
 
-    name: str  # "digits", "mnist", or the npz file stem
-    x_train: torch.Tensor  # (N, C, H, W) float32, standardised with the train mean/std
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor  # (M, C, H, W) float32
-    y_test: torch.Tensor  # (M,) int64
-    num_classes: int
+    name: str  # "digits", "mnist", or the npz/txt file stem
+    x_train: torch.Tensor  # images: (N, C, H, W) float32, standardised with the train mean/std; tokens: (N, L) int64
+    y_train: torch.Tensor  # (N,) int64; empty for causal_lm
+    x_test: torch.Tensor  # (M, C, H, W) float32 or (M, L) int64
+    y_test: torch.Tensor  # (M,) int64; empty for causal_lm
+    num_classes: int  # 0 for causal_lm
     fingerprint: str  # short stable hash of the data, used as a cache key
     note: str = ""  # e.g. "resized 8x8 -> 28x28 (bilinear) for lenet5"
+    task: str = "image_classification"  # or "sequence_classification", "causal_lm" (pet_core.metrics.TASKS)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample."""
-        _, c, h, w = self.x_train.shape
-        return (int(c), int(h), int(w))
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image, or (L,) of one token sequence."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """Load "digits", "mnist" (IDX files in ``data_dir`` / $PET_MNIST_DIR) or a ``.npz`` path."""
+def load_dataset(name: str, data_dir: str | None = None, *, task: str | None = None,
+                 vocab_size: int | None = None, max_length: int | None = None,
+                 tokenizer_dir: str | Path | None = None) -> Dataset:
+    """Load "digits", "mnist" (IDX files in ``data_dir`` / $PET_MNIST_DIR) or a ``.npz`` path.
+
+    ``task`` None or "image_classification" reads images (integer arrays become float images);
+    a token task ("sequence_classification", "causal_lm") reads token ids with
+    :func:`pet_core.token_data.load_token_dataset`, checked against ``vocab_size`` and
+    ``max_length``; a causal_lm ``.txt`` file is tokenised with the tokenizer in ``tokenizer_dir``.
+    """
+    if task not in (None, "image_classification"):
+        from pet_core.token_data import load_token_dataset
+
+        return load_token_dataset(name, task, vocab_size=vocab_size, max_length=max_length,
+                                  tokenizer_dir=tokenizer_dir)
     key = str(name).strip()
     if key.lower() == "digits":
         return _load_digits()
@@ -74,6 +89,30 @@ def fit_input(x: torch.Tensor, min_hw: int) -> torch.Tensor:
         return x
     # align_corners=False is the usual image-resize convention (matches PIL's bilinear grid)
     return F.interpolate(x, size=(min_hw, min_hw), mode="bilinear", align_corners=False)  # (N,C,min_hw,min_hw)
+
+
+def fit_image_model(ds: Dataset, image_size: int, num_channels: int, model_name: str) -> Dataset:
+    """``ds`` resized (bilinear, up or down) to exactly ``image_size`` and brought to ``num_channels``.
+
+    A model with a fixed input size (a Hugging Face ViT) needs exactly its size; one-channel images
+    are repeated to three for a three-channel model (said in ``note``). Other channel counts that
+    differ raise a one-line PetError.
+    """
+    c, h, w = ds.input_shape
+    x_tr, x_te, notes = ds.x_train, ds.x_test, []
+    if c != num_channels:
+        if c != 1:
+            raise PetError(f"{ds.name} has {c}-channel images but {model_name} takes {num_channels} channels")
+        x_tr, x_te = x_tr.repeat(1, num_channels, 1, 1), x_te.repeat(1, num_channels, 1, 1)  # (N, C, H, W)
+        notes.append(f"grayscale repeated to {num_channels} channels")
+    if (h, w) != (image_size, image_size):
+        size = (image_size, image_size)
+        x_tr = F.interpolate(x_tr, size=size, mode="bilinear", align_corners=False)
+        x_te = F.interpolate(x_te, size=size, mode="bilinear", align_corners=False)
+        notes.insert(0, f"resized {h}x{w} -> {image_size}x{image_size} (bilinear)")
+    if not notes:
+        return ds
+    return with_note(ds, x_tr, x_te, f"{', '.join(notes)} for {model_name}")
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:

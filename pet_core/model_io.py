@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pet_core.accuracy import logits_of
 from pet_core.errors import PetError
+from pet_core.factory import build_from_factory, is_factory_arch
 from pet_core.packed.container import MAGIC as PACKED_MAGIC
 from pet_core.safetensors_header import check_safetensors_header
 from pet_core.zoo import build_model, list_models, model_info
@@ -30,6 +32,10 @@ CODE_KINDS = frozenset({"pickle", "torchscript", "export"})  # info["kind"] of f
 def env_trusts_code(environ: dict | None = None) -> bool:
     """True when the server owner set ``PET_TRUST_CODE=1``: only then may the app offer trust."""
     return (os.environ if environ is None else environ).get(TRUST_CODE_ENV, "").strip() == "1"
+
+
+class NeedsInputShape(PetError):
+    """A state_dict for a zoo architecture came without an input shape: the zoo builds per shape."""
 
 
 def _refused(name: str, what: str) -> PetError:
@@ -53,20 +59,27 @@ def save_state_dict(model: nn.Module, path: str | Path) -> None:
 
 def load_model_file(
     path: str | Path,
-    input_shape: tuple[int, int, int],
-    num_classes: int,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int | None,
     *,
     arch: str | None = None,
     trust_code: bool = False,
     allow_pickle: bool | None = None,
+    task: str = "image_classification",
 ) -> tuple[nn.Module, dict]:
-    """Load a model file for (C,H,W) inputs and ``num_classes`` outputs; returns (model, info).
+    """Load a model file for inputs of ``input_shape`` and ``num_classes`` outputs; returns (model, info).
 
     info is {"kind": "torchscript"|"export"|"state_dict"|"safetensors"|"pickle"|"packed", "arch": str|None,
-    "path": str}. State dicts are matched to a zoo architecture (``arch`` or inferred from keys and shapes).
+    "path": str} (and "factory" for a ``module:factory`` architecture). State dicts are matched to a zoo
+    architecture (``arch`` or inferred from keys and shapes), or, when ``arch`` is ``"module:factory"``,
+    loaded strictly into the model that factory builds (:mod:`pet_core.factory`; needs ``trust_code``).
     ``trust_code`` allows the formats that run code from the file (pickle, TorchScript, torch.export);
     ``allow_pickle`` is its deprecated old name. A torch.export program contributes its weights, matched
     to a zoo architecture like a state_dict.
+
+    ``input_shape`` is (C, H, W) for images or (L,) for token tasks (``task``, see :func:`check_forward`).
+    Without it (weights only, no dataset) the forward check is skipped, except for a packed file, whose
+    manifest gives its shape; a zoo state_dict then raises :class:`NeedsInputShape`.
 
     Raises:
         PetError: one line naming the file, also when a code-carrying file comes without trust.
@@ -87,9 +100,15 @@ def load_model_file(
     if head[:8] == PACKED_MAGIC:   # our packed format: rebuilds the compressed model bit-exactly
         from pet_core.packed import load_packed
 
-        model, info = load_packed(path)
-        _check_forward(model, input_shape, num_classes, name)
-        return model.eval().cpu(), {"kind": "packed", "arch": info["model"].get("arch"), "path": str(path)}
+        model, info = load_packed(path, trust_code=trust_code)
+        ident = info["model"]
+        if input_shape is None and ident.get("input_shape"):
+            input_shape = tuple(ident["input_shape"])
+            num_classes = ident.get("num_classes")
+        if input_shape is not None:
+            check_forward(model, input_shape, num_classes, name, task)
+        return model.eval().cpu(), {"kind": "packed", "arch": ident.get("arch"), "path": str(path), "model": ident,
+                                    "task": ident.get("task")}
     if head[:4] == b"PK\x03\x04":
         model, kind = _load_zip(path, trust_code)
     elif _looks_like_safetensors(head, size) or path.suffix == ".safetensors":
@@ -104,10 +123,19 @@ def load_model_file(
     if isinstance(model, nn.Module):  # TorchScript, torch.export or unpickled: all trusted by now
         if kind == "state_dict":
             kind = "pickle"  # a whole module came back from a trusted torch.load
-        _check_forward(model, input_shape, num_classes, name)
+        if input_shape is not None:
+            check_forward(model, input_shape, num_classes, name, task)
         return model.eval().cpu(), {"kind": kind, "arch": None, "path": str(path)}
 
     state = _unwrap_state_dict(model, name)
+    if is_factory_arch(arch):
+        built = _load_factory(state, arch, num_classes, trust_code, name)
+        if input_shape is not None:
+            check_forward(built, input_shape, num_classes, name, task)
+        return built.eval().cpu(), {"kind": kind, "arch": None, "factory": arch, "path": str(path)}
+    if input_shape is None:
+        raise NeedsInputShape(f"model file {name} is a state_dict for a zoo architecture, which is built for an "
+                              f"input shape: give a dataset")
     built, arch_name = _match_arch(state, input_shape, num_classes, arch, name)
     return built.eval().cpu(), {"kind": kind, "arch": arch_name, "path": str(path)}
 
@@ -276,16 +304,44 @@ def _match_arch(state, input_shape, num_classes, arch, name) -> tuple[nn.Module,
     )
 
 
-def _check_forward(model: nn.Module, input_shape, num_classes: int, name: str) -> None:
-    """A whole model must map (1,C,H,W) to (1,num_classes); say so clearly when it does not."""
+def _load_factory(state: dict, arch: str, num_classes: int | None, trust_code: bool, name: str) -> nn.Module:
+    """The model ``arch`` ("module:factory") builds, with ``state`` loaded strictly."""
+    built = build_from_factory(arch, trust_code=trust_code, num_classes=num_classes)
+    reason = _first_mismatch(built.state_dict(), state)
+    if reason:
+        raise PetError(f"model file {name} does not match architecture {arch}: {reason}")
+    try:
+        built.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PetError(f"model file {name} does not load into {arch}: {_first_line(e)}") from None
+    return built
+
+
+def check_forward(model: nn.Module, input_shape: tuple[int, ...], num_classes: int | None, name: str,
+                  task: str = "image_classification") -> None:
+    """One forward of zeros, checked; say clearly what is wrong when it fails.
+
+    Images: (1, C, H, W) float must give (1, num_classes). Token tasks: (1, L) int64 token ids;
+    sequence classification must give (1, num_classes) logits, a causal LM (1, L, vocab). Logits
+    are taken from a ModelOutput or tuple with :func:`pet_core.accuracy.logits_of`.
+    """
+    tokens = task != "image_classification"
+    x = torch.zeros(1, *input_shape, dtype=torch.long if tokens else torch.float32)  # (1, L) or (1, C, H, W)
     model.eval()
     try:
         with torch.inference_mode():
-            out = model(torch.zeros(1, *input_shape))  # (1, classes)
+            out = logits_of(model(x))
     except Exception as e:
         shape = "x".join(str(v) for v in input_shape)
-        raise PetError(f"model file {name} fails on {shape} inputs: {_first_line(e)}") from None
+        what = "token" if tokens else ""
+        raise PetError(f"model file {name} fails on {shape} {what + ' ' if what else ''}inputs: "
+                       f"{_first_line(e)}") from None
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if task == "causal_lm":
+        if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != (1, input_shape[0]):
+            raise PetError(f"model file {name} outputs {got} for one block of {input_shape[0]} tokens, "
+                           f"expected (1, {input_shape[0]}, vocab) logits")
+        return
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PetError(f"model file {name} outputs {got} for one input, expected (1, {num_classes})")
 
