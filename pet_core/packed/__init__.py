@@ -7,6 +7,7 @@
 
 from pet_core.packed.container import PACKED_VERSION
 from pet_core.packed.decode import load_packed
-from pet_core.packed.encode import packed_model_info, save_packed
+from pet_core.packed.arch import packed_model_info
+from pet_core.packed.encode import save_packed
 
 __all__ = ["save_packed", "load_packed", "packed_model_info", "PACKED_VERSION"]

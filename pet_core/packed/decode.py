@@ -14,7 +14,6 @@ from pet_core.packed.container import Container
 from pet_core.packed.manifest import check_model
 from pet_core.packed.tensor_blob import decode_tensor
 from pet_core.recipe import Recipe
-from pet_core.zoo import build_model
 
 # What a checked manifest can still throw from deep inside numpy/torch: turned into one line at the
 # boundary. The fuzz tests call model_from_container, which must never need this guard.
@@ -42,15 +41,18 @@ def _raw(blob: bytes, dtype: str, shape: list[int], name: str) -> torch.Tensor:
         raise PetError(f"packed file: tensor {name} has {len(blob)} bytes, not a {dtype} {shape}") from None
 
 
-def load_packed(path: str | Path) -> tuple[nn.Module, dict]:
+def load_packed(path: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict]:
     """The model stored in ``path`` and its manifest facts.
 
+    ``trust_code`` allows a file whose architecture is code (a TorchScript program, a pickled
+    module, a ``module:factory``): it runs when loaded.
+
     Returns:
-        ``(model, info)``: the zoo model in eval mode with every parameter and buffer as saved;
+        ``(model, info)``: the model in eval mode with every parameter and buffer as saved;
         info = ``{model, recipe, huffman, version, file_bytes, header_bytes, payload_bytes}``.
     """
     try:
-        return model_from_container(Container(path))
+        return model_from_container(Container(path), trust_code=trust_code)
     except PetError:
         raise
     except _UNEXPECTED as exc:
@@ -58,7 +60,7 @@ def load_packed(path: str | Path) -> tuple[nn.Module, dict]:
                        f"{cut(' '.join(str(exc).split()), 120)})") from None
 
 
-def model_from_container(box: Container) -> tuple[nn.Module, dict]:
+def model_from_container(box: Container, *, trust_code: bool = False) -> tuple[nn.Module, dict]:
     """:func:`load_packed` on a read container; every bad manifest or blob is a PetError.
 
     The manifest is checked first (:func:`pet_core.packed.manifest.check_model`): nothing is
@@ -66,28 +68,35 @@ def model_from_container(box: Container) -> tuple[nn.Module, dict]:
     """
     m = box.manifest
     try:
-        arch, input_shape, num_classes = check_model(m, box.blobs)
+        arch = check_model(m, box.blobs, lambda i: box.blob(i, "the architecture's program"), trust_code=trust_code)
         recipe = None if m.get("recipe") is None else Recipe.from_dict(m["recipe"]).to_dict()
     except PetError as exc:
         raise PetError(f"{box.name}: {exc}") from None
     ident = m["model"]
-    model = build_model(arch, input_shape, num_classes)
     state = {}
     for entry in m["tensors"]:
         name = entry["name"]
-        if "raw" in entry:
+        if "tied" in entry:
+            state[name] = state[entry["tied"]]
+        elif "raw" in entry:
             state[name] = _raw(box.blob(entry["blob"], name), entry["raw"], entry["shape"], name)
-            continue
-        blobs = [box.blob(p["blob"], f"{name} ({p['name']})") for p in entry["parts"]]
-        try:
-            parts = [decode_tensor(blob, p) for blob, p in zip(blobs, entry["parts"])]
-        except PetError as exc:
-            raise PetError(f"{box.name}: {exc}") from None
-        state[name] = rebuild_weight(parts, entry["shape"])
+        else:
+            blobs = [box.blob(p["blob"], f"{name} ({p['name']})") for p in entry["parts"]]
+            try:
+                parts = [decode_tensor(blob, p) for blob, p in zip(blobs, entry["parts"])]
+            except PetError as exc:
+                raise PetError(f"{box.name}: {exc}") from None
+            shape = list(entry["shape"])
+            if entry.get("swapped"):          # stored in the canonical (out, in) layout: HF Conv1D, transposed convs
+                canonical = [shape[1], shape[0], *shape[2:]]
+                state[name] = rebuild_weight(parts, canonical).transpose(0, 1).contiguous()
+            else:
+                state[name] = rebuild_weight(parts, shape)
+    model = arch.build()
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise PetError(f"{box.name}: tensors do not fit {arch} ({str(exc).splitlines()[0]})") from None
+        raise PetError(f"{box.name}: tensors do not fit {arch.label} ({str(exc).splitlines()[0]})") from None
     info = dict(model=ident, recipe=recipe, huffman=m.get("huffman"), version=m["version"],
                 file_bytes=box.file_bytes, header_bytes=box.header_bytes, payload_bytes=m["payload_bytes"])
     return model.eval(), info

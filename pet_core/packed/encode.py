@@ -18,41 +18,13 @@ from pet_core.packed.container import write_container
 from pet_core.packed.decode import rebuild_weight
 from pet_core.packed.manifest import RAW_DTYPES
 from pet_core.packed.tensor_blob import decode_tensor, encode_tensor
-from pet_core.pretrained import ZOO_VERSION
+from pet_core.layers import storage_key
+from pet_core.packed.arch import save_identity
 from pet_core.size import model_bytes
-from pet_core.zoo import build_model, list_models
 
 if TYPE_CHECKING:                                     # the workbench imports the packed format
     from pet_core.workbench import Workbench
 
-
-
-def packed_model_info(baseline) -> dict:
-    """The ``model_info`` of a :class:`pet_core.loader.Baseline` (zoo name or zoo-architecture file)."""
-    return dict(arch=baseline.arch, input_shape=list(baseline.dataset.input_shape),
-                num_classes=int(baseline.dataset.num_classes), dataset=baseline.dataset.name)
-
-
-def _identity(model_info: dict, model: torch.nn.Module) -> dict:
-    """The manifest's model identity; PetError unless ``model`` is the zoo architecture named."""
-    arch = model_info.get("arch") or model_info.get("name")
-    zoo = [m.name for m in list_models()]
-    if arch not in zoo:
-        raise PetError(f"packed export supports zoo architectures only ({', '.join(zoo)}); model {arch!r} is not "
-                       f"one: save it as TorchScript or a state_dict instead")
-    try:
-        shape = [int(v) for v in model_info["input_shape"]]
-        classes = int(model_info["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise PetError("packed export: model_info needs input_shape (C, H, W) and num_classes") from None
-    ref = build_model(arch, tuple(shape), classes).state_dict()
-    got = model.state_dict()
-    for key in set(ref) | set(got):
-        if key not in ref or key not in got or ref[key].shape != got[key].shape:
-            raise PetError(f"packed export: the model does not match zoo {arch} {shape} with {classes} classes "
-                           f"(first difference at {key!r})")
-    out = {k: v for k, v in model_info.items() if k not in ("arch", "name")}
-    return dict(out, arch=arch, input_shape=shape, num_classes=classes, zoo_version=ZOO_VERSION)
 
 
 def _raw(tensor: torch.Tensor) -> tuple[bytes, str]:
@@ -63,7 +35,8 @@ def _raw(tensor: torch.Tensor) -> tuple[bytes, str]:
 
 
 def _layer_parts(wb: Workbench, layer: str, weight: torch.Tensor, huffman: bool, blobs: list[bytes]) -> dict:
-    """Encode one compressed layer's stored tensors, append their blobs, check they rebuild ``weight``."""
+    """Encode one compressed layer's stored tensors, append their blobs, check they rebuild ``weight``
+    (the canonical (out, in, ...) layout)."""
     result = wb.result(layer)
     parts, decoded = [], []
     for t in wb.stored_tensors(layer):
@@ -93,14 +66,22 @@ def save_packed(wb: Workbench, path: str | Path, *, huffman: bool = False, model
         ``accounted_bytes`` is the accounting for this mode, ``file - header - accounted`` the
         difference (escape bits only, see :mod:`pet_core.packed.streams`).
     """
-    identity = _identity(model_info, wb.model)
-    weights = {f"{name}.weight": name for name in wb.layers}
+    identity, program = save_identity(model_info, wb.model)
     entries, blobs = [], []
+    if program is not None:
+        identity = dict(identity, blob=0, program_bytes=len(program))
+        blobs.append(program)
+    targets = {t.state_key: t for t in wb.layers.values()}
+    first: dict[tuple, str] = {}            # storage -> the first state key holding it (tied tensors)
     with torch.no_grad():
-        for key, tensor in wb.model.state_dict().items():
-            if key in weights:
-                entry = _layer_parts(wb, weights[key], tensor, huffman, blobs)
-                entries.append(dict(entry, name=key, shape=list(tensor.shape)))
+        for key, tensor in wb.model.state_dict(keep_vars=True).items():
+            owner = first.setdefault(storage_key(tensor), key)
+            if owner != key:
+                entries.append(dict(name=key, tied=owner, shape=list(tensor.shape)))
+            elif key in targets:
+                t = targets[key]
+                entry = _layer_parts(wb, t.name, t.weight, huffman, blobs)
+                entries.append(dict(entry, name=key, shape=list(tensor.shape), **({"swapped": True} if t.swapped else {})))
             else:
                 blob, dtype = _raw(tensor)
                 entries.append(dict(name=key, raw=dtype, shape=list(tensor.shape), blob=len(blobs)))
@@ -113,5 +94,6 @@ def save_packed(wb: Workbench, path: str | Path, *, huffman: bool = False, model
     base = model_bytes(wb.baseline)
     escape = sum(p["escape_bits"] for e in entries for p in e.get("parts", []))
     return dict(path=str(path), **sizes, accounted_bytes=size_huffman if huffman else size_bytes,
+                program_bytes=0 if program is None else len(program),
                 size_bytes=size_bytes, size_bytes_huffman=size_huffman, escape_bits=escape,
                 baseline_bytes=base, compression_ratio=base / sizes["file_bytes"], huffman=huffman)

@@ -2,7 +2,8 @@
 
 A manifest is data from the file, so nothing in it is trusted: every field the decoder reads is
 checked for type and range here, each tensor's shape must be the one the zoo architecture has
-(built on the ``meta`` device, which allocates nothing), the model may hold at most
+(zoo and Hugging Face architectures are built on the ``meta`` device, which allocates nothing;
+:mod:`pet_core.packed.arch`), the model may hold at most
 ``PET_MAX_PACKED_VALUES`` values, every blob lies inside the payload, a raw tensor's blob holds
 exactly its bytes and a coded tensor's blob is no longer than its streams can be. After these
 checks, decoding allocates memory in proportion to the (bounded) model, never to a number
@@ -13,23 +14,22 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
-import torch
 
 from pet_core.bounded import shown, shown_key
 from pet_core.errors import PetError
 from pet_core.packed.huffman import COUNT_BITS, LENGTH_BITS, MAX_CODE_BITS, MAX_WIDTH
 from pet_core.packed.streams import coding_methods, overhead_bytes
 from pet_core.packed.tensor_blob import huffman_streams, packed_layouts
-from pet_core.zoo import build_model, list_models
+from pet_core.packed.arch import Architecture, open_architecture, total_values
 
 RAW_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
              "int8": 1, "uint8": 1, "bool": 1}
 RAW_DTYPES = tuple(RAW_BYTES)
 MAX_SIDE = 65536                 # one input dimension (C, H or W)
 MAX_CLASSES = 1 << 20
-DEFAULT_MAX_VALUES = 1 << 26     # 64 Mi values: 256 MiB as float32
+DEFAULT_MAX_VALUES = 1 << 28     # 256 Mi values: 1 GiB as float32 (GPT-2 small holds 124 Mi)
 
 
 def max_values() -> int:
@@ -94,60 +94,68 @@ def check_container(m: Any, payload_bytes: int) -> list[tuple[int, int, str]]:
     return blobs
 
 
-def zoo_shapes(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Every parameter and buffer shape of a zoo model, built on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = build_model(arch, input_shape, num_classes)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def check_model(m: dict, blobs: list[tuple[int, int, str]]) -> tuple[str, tuple[int, int, int], int]:
-    """Check the model identity and every tensor entry; returns (arch, input_shape, num_classes).
-
-    Raises PetError naming the first field that is missing, of the wrong type or out of range.
-    """
-    ident = _get(m, "model", "")
-    arch = _choice(ident, "arch", "model", tuple(info.name for info in list_models()))
-    input_shape = _shape(ident, "input_shape", "model")
+def check_zoo_shape(ident: Any, where: str) -> tuple[tuple[int, int, int], int]:
+    """A zoo identity's input shape (C, H, W) and class count, checked for type and range."""
+    input_shape = _shape(ident, "input_shape", where)
     if len(input_shape) != 3 or not all(1 <= d <= MAX_SIDE for d in input_shape):
-        raise PetError(f"manifest: model.input_shape = {shown(input_shape)} is not (C, H, W)")
+        raise PetError(f"manifest: {where}.input_shape = {shown(input_shape)} is not (C, H, W)")
     budget = max_values()
     if math.prod(input_shape) > budget:
-        raise PetError(f"manifest: model.input_shape = {input_shape} has more than {budget:,} values")
-    classes = _int(ident, "num_classes", "model", 1, MAX_CLASSES)
+        raise PetError(f"manifest: {where}.input_shape = {input_shape} has more than {budget:,} values")
+    return tuple(input_shape), _int(ident, "num_classes", where, 1, MAX_CLASSES)
+
+
+def check_model(m: dict, blobs: list[tuple[int, int, str]], program: Callable[[int], bytes] | None = None, *,
+                trust_code: bool = False) -> Architecture:
+    """Check the model identity and every tensor entry; returns the opened architecture.
+
+    ``program(i)`` reads blob ``i`` (a ``program`` source's code). Raises PetError naming the first
+    field that is missing, of the wrong type or out of range.
+    """
+    ident = _get(m, "model", "")
+    if isinstance(ident, dict) and ident.get("source") == "program":
+        _int(ident, "blob", "model", 0, len(blobs) - 1)
     recipe = m.get("recipe")
     if recipe is not None and not isinstance(recipe, dict):
         raise PetError(f"manifest: recipe = {shown(recipe)} must be a mapping or null")
     if m.get("huffman") is not None and type(m.get("huffman")) is not bool:
         raise PetError(f"manifest: huffman = {shown(m.get('huffman'))} must be true, false or null")
-    shapes = zoo_shapes(arch, tuple(input_shape), classes)
-    total = sum(math.prod(s) for s in shapes.values())
+    arch = open_architecture(ident, program or (lambda i: b""), trust_code=trust_code, check_shape=check_zoo_shape)
+    shapes, budget = arch.shapes, max_values()
+    total = total_values(shapes)
     if total > budget:
-        raise PetError(f"manifest: {arch} on {input_shape} has {total:,} values, more than the {budget:,} "
+        raise PetError(f"manifest: {arch.label} has {total:,} values, more than the {budget:,} "
                        f"allowed (PET_MAX_PACKED_VALUES)")
     seen, stored = set(), 0
     for i, entry in enumerate(_list(m, "tensors", "")):
         name = _get(entry, "name", f"tensors[{i}]")
         if not isinstance(name, str) or name not in shapes or name in seen:
-            raise PetError(f"manifest: tensors[{i}].name = {shown(name)} is not a {arch} tensor (or repeats one)")
+            raise PetError(f"manifest: tensors[{i}].name = {shown(name)} is not a {arch.label} tensor (or repeats one)")
         seen.add(name)
         where = f"tensors.{shown_key(name)}"
         shape = _shape(entry, "shape", where)
         if tuple(shape) != shapes[name]:
-            raise PetError(f"manifest: {where}.shape = {shape} but {arch} has {list(shapes[name])}")
+            raise PetError(f"manifest: {where}.shape = {shape} but {arch.label} has {list(shapes[name])}")
+        if "tied" in entry:
+            owner = entry["tied"]
+            if not isinstance(owner, str) or owner not in seen or owner == name or shapes[owner] != shapes[name]:
+                raise PetError(f"manifest: {where}.tied = {shown(owner)} is not an earlier tensor of its shape")
+            continue
         if "raw" in entry:
             dtype = _choice(entry, "raw", where, RAW_DTYPES)
             length = _blob(entry, where, blobs)
             if length != math.prod(shape) * RAW_BYTES[dtype]:
                 raise PetError(f"manifest: {where} has {length} bytes, not a {dtype} {shape}")
             continue
+        if type(entry.get("swapped", False)) is not bool or (entry.get("swapped") and len(shape) < 2):
+            raise PetError(f"manifest: {where}.swapped = {shown(entry.get('swapped'))} must be true or false")
         stored += _check_parts(entry, where, shape, blobs)
         if stored > budget:
             raise PetError(f"manifest: the stored tensors have more than {budget:,} values")
     missing = sorted(set(shapes) - seen)
     if missing:
-        raise PetError(f"manifest: {arch} tensor {shown_key(missing[0])} is missing")
-    return arch, tuple(input_shape), classes
+        raise PetError(f"manifest: {arch.label} tensor {shown_key(missing[0])} is missing")
+    return arch
 
 
 def _blob(entry: dict, where: str, blobs: list) -> int:
