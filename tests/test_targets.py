@@ -239,3 +239,16 @@ def test_program_blob_holds_no_weights():
     loaded = torch.jit.load(io.BytesIO(__import__("zlib").decompress(blob)))
     assert all(float(p.detach().abs().sum()) == 0 for p in loaded.parameters())
     assert math.isclose(sum(p.numel() for p in loaded.parameters()), _unique_params(scripted))
+
+
+def test_finetuning_refuses_what_it_cannot_train_in_one_line():
+    from pet_core.data import load_dataset
+    from pet_core.finetune.loop import check_trainable
+
+    model, _ = _gpt2()
+    with pytest.raises(PetError, match="weights-only"):
+        check_trainable(Workbench(model), None)
+    digits = load_dataset("digits")
+    with pytest.raises(PetError, match=r"Linear/Conv1d/Conv2d layers only; .* such as transformer.wte \(Embedding\)"):
+        check_trainable(Workbench(model), digits)
+    check_trainable(Workbench(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))), digits)   # a plain classifier trains

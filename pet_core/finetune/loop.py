@@ -108,6 +108,22 @@ def baseline_numbers(wb: Workbench) -> dict:
             "params": sum(p.numel() for p in wb.baseline.parameters())}
 
 
+def check_trainable(wb: Workbench, dataset: Dataset | None) -> None:
+    """Fine-tuning trains image classifiers whose compressed tensors are Linear/Conv weights; anything
+    else is refused in one line before a worker starts."""
+    if dataset is None:
+        raise PetError("fine-tuning needs a dataset: this model was loaded weights-only")
+    task = getattr(dataset, "task", "image_classification")
+    if task != "image_classification":
+        raise PetError(f"fine-tuning supports image classification only; this is a {task.replace('_', ' ')} "
+                       f"model (compress and evaluate it without fine-tuning)")
+    trainable = compressible_layers(wb.baseline)
+    other = [f"{n} ({t.type})" for n, t in wb.layers.items() if n not in trainable]
+    if other:
+        raise PetError(f"fine-tuning supports Linear/Conv1d/Conv2d layers only; {len(other)} other compressible "
+                       f"tensor(s) such as {other[0]} cannot be trained yet")
+
+
 def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
              stop: threading.Event | None = None, checkpoint_dir: str | Path | None = None,
              resume: bool = False, device: torch.device | None = None,
@@ -143,6 +159,7 @@ def finetune(wb: Workbench, recipe: Recipe, dataset: Dataset, *, progress=None,
                        f"got {checkpoint_every_steps!r}")
     if checkpoint_every_s is not None and not checkpoint_every_s > 0:
         raise PetError(f"finetune: checkpoint_every_s must be > 0 seconds, got {checkpoint_every_s!r}")
+    check_trainable(wb, dataset)
     ref = reference(wb, recipe)
     torch.manual_seed(cfg.seed)
     data = split(dataset, cfg.seed, device)

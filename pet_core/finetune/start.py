@@ -31,7 +31,7 @@ KEEP_NONZERO = {"method": "magnitude", "threshold": 0.0, "scope": "layer"}
 
 def reference(wb: Workbench, recipe: Recipe) -> Workbench:
     """A workbench over ``wb.baseline`` with ``recipe`` applied; ``wb`` itself is left untouched."""
-    ref = Workbench(wb.baseline, wb.x_eval, wb.y_eval, batch_size=wb.batch_size)
+    ref = Workbench(wb.baseline, wb.x_eval, wb.y_eval, batch_size=wb.batch_size, task=wb.task)
     ref.apply(recipe)
     return ref
 
