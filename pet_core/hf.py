@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,21 +172,32 @@ def load_hf_folder(path: str | Path, task: str | None = None) -> tuple[nn.Module
         if w.suffix == ".safetensors":
             check_safetensors_header(w)
     transformers = _transformers()
+    if data.get("model_type") not in _transformers_names(TASK_MAPPING[task]):
+        raise PetError(f"{folder}: model_type {shown(data.get('model_type'))} has no {task} class in transformers")
     config = _config_object(data, str(folder))
     auto = getattr(transformers, TASK_AUTO_CLASS[task])
-    kwargs: dict[str, Any] = dict(config=config, local_files_only=True, trust_remote_code=False)
+    kwargs: dict[str, Any] = dict(config=config, local_files_only=True, trust_remote_code=False,
+                                  output_loading_info=True)
     if "weights_only" in inspect.signature(transformers.PreTrainedModel.from_pretrained).parameters:
         kwargs["weights_only"] = True        # older versions have no such argument and always pass it to torch.load
     if not list(folder.glob("*.safetensors")):
         kwargs["use_safetensors"] = False   # only pytorch_model.bin: read with torch.load(weights_only=True)
     try:
-        model = auto.from_pretrained(str(folder), **kwargs)
+        model, loading = auto.from_pretrained(str(folder), **kwargs)
     except PetError:
         raise
     except Exception as e:
+        if "weights only load failed" in str(e).lower():
+            raise PetError(f"{folder}: pytorch_model.bin holds Python objects, not only weights; refused "
+                           f"(only weights are unpickled)") from None
         raise PetError(f"{folder}: the Hugging Face model does not load: {_first_line(e)}") from None
     model = model.float().eval().cpu()
-    return model, hf_info(model, task, str(folder))
+    info = hf_info(model, task, str(folder))
+    missing = list(loading.get("missing_keys") or [])
+    if missing:   # e.g. a classifier head for a task the folder was not saved for: random weights
+        info["note"] = (f"{len(missing)} weights not in the folder were initialised at random: "
+                        f"{', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}")
+    return model, info
 
 
 def hf_info(model: nn.Module, task: str, path: str | None = None) -> dict[str, Any]:
@@ -264,8 +276,9 @@ def load_hf_tokenizer(path: str | Path):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:160]
+    """First line of an exception message without terminal colour codes, shortened."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 __all__ = ["HF_TASKS", "hf_info", "hf_task", "is_hf_folder", "load_hf_folder", "load_hf_tokenizer",
