@@ -2,7 +2,8 @@
 
 ``evaluate`` and ``finetune`` record their runs (owner: ``--owner``, else ``$PET_USER``, else "cli")
 unless ``--no-record``; ``export --run ID`` writes exactly that run's model and records an "export"
-run under it with the measured numbers.
+run under it with the measured numbers. The text output names each run's metric ("accuracy",
+"perplexity") beside its value, and ``runs show`` says which way is better.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pet_core.errors import PetError
 from pet_core.ledger import KINDS, Ledger
 
 TABLE = (("id", 5), ("parent", 6), ("kind", 13), ("status", 9), ("model", 16), ("dataset", 10),
-         ("accuracy", 8), ("size_bytes", 11), ("ratio", 7), ("owner", 8), ("label", 0))
+         ("metric", 10), ("value", 8), ("size_bytes", 11), ("ratio", 7), ("owner", 8), ("label", 0))
 
 
 def add_record_args(p: argparse.ArgumentParser, *, export: bool = False) -> None:
@@ -80,7 +81,7 @@ def record_finetune_run(args: argparse.Namespace, baseline, result) -> int | Non
 def export_run(args: argparse.Namespace) -> dict[str, Any]:
     """``export --run ID``: the run's own model written as ``--format``, measured, recorded under it."""
     from pet_core.export.artifacts import export_report
-    from pet_core.runs import open_run, original_numbers
+    from pet_core.runs import metric_fields, open_run, original_numbers
 
     given = [flag for flag, value in (("--recipe", args.recipe), ("--model", args.model),
                                       ("--dataset", args.dataset)) if value]
@@ -97,7 +98,9 @@ def export_run(args: argparse.Namespace) -> dict[str, Any]:
         physical = {k: info[k] for k in ("params_before", "params_after", "skipped")}
     out = export_report(args.format, wb, baseline, args.out)
     out["baseline"] = {k: v for k, v in original_numbers(baseline, wb).items() if k != "params"}
-    metrics = {"size_bytes": out["size_bytes"], "accuracy": out["accuracy"], "latency_ms": out["latency_ms"],
+    measured = {baseline.metric.name: out["accuracy"]}   # export_report measures the task's metric as "accuracy"
+    metrics = {**metric_fields(baseline.metric.to_dict(), measured), "size_bytes": out["size_bytes"],
+               "latency_ms": out["latency_ms"],
                "compression_ratio": out["baseline"]["size_bytes"] / out["size_bytes"],
                "format": out["format"], "path": out["path"]}
     export_id = None
@@ -111,13 +114,16 @@ def export_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cell(run: dict, col: str) -> str:
+    from pet_core.runs import run_metric
+
     m = run["metrics"] or {}
-    value = {"parent": run["parent_id"], "accuracy": m.get("accuracy"), "size_bytes": m.get("size_bytes"),
+    name = run_metric(run)["name"]
+    value = {"parent": run["parent_id"], "metric": name, "value": m.get(name), "size_bytes": m.get("size_bytes"),
              "ratio": m.get("compression_ratio")}.get(col, run.get(col))
     if value is None:
         return "-"
-    if col == "accuracy":
-        return f"{value:.4f}"
+    if col == "value":
+        return f"{value:.4f}" if name == "accuracy" else f"{value:.2f}"
     if col == "ratio":
         return f"{value:.2f}x"
     if col == "size_bytes":
@@ -126,13 +132,25 @@ def _cell(run: dict, col: str) -> str:
 
 
 def _table(runs: list[dict]) -> None:
-    right = {"id", "parent", "accuracy", "size_bytes", "ratio"}
+    right = {"id", "parent", "value", "size_bytes", "ratio"}
     header = " ".join(name.rjust(w) if name in right else name.ljust(w) for name, w in TABLE)
     print(header.rstrip())
     for run in runs:
         cells = [_cell(run, name) for name, _ in TABLE]
         print(" ".join(c.rjust(w) if name in right else c.ljust(w)
                        for c, (name, w) in zip(cells, TABLE)).rstrip())
+
+
+def _metric_line(run: dict) -> str:
+    """"accuracy 0.9778 (higher is better)", "perplexity 43.21 (lower is better)" or "perplexity not measured"."""
+    from pet_core.runs import run_metric
+
+    metric = run_metric(run)
+    value = (run["metrics"] or {}).get(metric["name"])
+    if value is None:
+        return f"{metric['name']} not measured"
+    shown = f"{value:.4f}" if metric["name"] == "accuracy" else f"{value:.2f}"
+    return f"{metric['name']} {shown} ({'higher' if metric['higher_is_better'] else 'lower'} is better)"
 
 
 def print_runs(out: Any) -> None:
@@ -145,6 +163,7 @@ def print_runs(out: Any) -> None:
     print(f"run {run['id']}: {run['kind']}, {run['status']}, owner {run['owner']}"
           + (f", label {run['label']!r}" if run["label"] else ""))
     print(f"model {run['model']} ({run['model_hash']}), dataset {run['dataset']} ({run['dataset_hash']})")
+    print(_metric_line(run))
     for key, value in sorted((run["metrics"] or {}).items()):
         print(f"  {key}: {value}")
     if run["weights_path"]:

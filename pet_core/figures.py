@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 import torch
 
-from pet_core.pareto import pareto_front
+from pet_core.pareto import directions, pareto_front
 
 MAX_HEATMAP = 256
 MAX_LEVELS_DRAWN = 64
@@ -105,35 +105,44 @@ def singular_value_figure(name: str, singular_values: Sequence[float], rank: int
 SERIES_COLORS = {"baseline": "#222222", "post-training": "#3d7dca", "sweep": "#9aa5b1", "fine-tuned": "#e4572e"}
 
 
-def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None,
-                  edges: list[tuple[int, int]] | None = None) -> go.Figure:
-    """Accuracy against size (log bytes) for every run, the frontier drawn; one trace per series.
+ACCURACY_AXIS = {"name": "accuracy", "higher_is_better": True, "label": "accuracy"}
 
+
+def pareto_figure(runs: list[dict[str, Any]], selected: int | None = None,
+                  edges: list[tuple[int, int]] | None = None, metric: dict[str, Any] | None = None) -> go.Figure:
+    """The task's metric against size (log bytes) for every run, the frontier drawn; one trace per series.
+
+    ``metric``: ``report["metric"]`` ({"name", "higher_is_better", "label"}; default accuracy). Each run
+    has its value under ``metric["name"]``; the frontier follows the metric's direction (perplexity:
+    lower is better) and the y axis is labelled with ``metric["label"]``.
     Each point's ``customdata`` is its index in ``runs`` so a selection maps back to a run.
     ``edges`` (parent index, child index) draw lineage: a line from a run to the run made from it.
     """
+    metric = metric or ACCURACY_AXIS
+    name, percent = metric["name"], metric["name"] == "accuracy"
     fig = go.Figure()
     for parent, child in edges or []:
         fig.add_scatter(x=[runs[parent]["size_bytes"], runs[child]["size_bytes"]],
-                        y=[runs[parent]["accuracy"], runs[child]["accuracy"]], mode="lines",
+                        y=[runs[parent][name], runs[child][name]], mode="lines",
                         line=dict(color="#999999", width=1), showlegend=False, hoverinfo="skip")
     for series in dict.fromkeys(r["series"] for r in runs):
         idx = [i for i, r in enumerate(runs) if r["series"] == series]
         fig.add_scatter(
-            x=[runs[i]["size_bytes"] for i in idx], y=[runs[i]["accuracy"] for i in idx], mode="markers",
+            x=[runs[i]["size_bytes"] for i in idx], y=[runs[i][name] for i in idx], mode="markers",
             name=series, customdata=idx, text=[runs[i]["label"] for i in idx],
             marker=dict(size=[14 if i == selected else 9 for i in idx], color=SERIES_COLORS.get(series, "#7b2cbf"),
                         line=dict(width=1, color="white")),
-            hovertemplate="%{text}<br>%{y:.2%} · %{x:,} bytes<extra>" + series + "</extra>",
+            hovertemplate="%{text}<br>%{y:" + (".2%" if percent else ".2f") + "} " + ("" if percent else name)
+                          + " · %{x:,} bytes<extra>" + series + "</extra>",
         )
-    front = sorted(pareto_front(runs), key=lambda i: runs[i]["size_bytes"])
+    front = sorted(pareto_front(runs, directions(name)), key=lambda i: runs[i]["size_bytes"])
     if len(front) > 1:
-        fig.add_scatter(x=[runs[i]["size_bytes"] for i in front], y=[runs[i]["accuracy"] for i in front],
+        fig.add_scatter(x=[runs[i]["size_bytes"] for i in front], y=[runs[i][name] for i in front],
                         mode="lines", line=dict(shape="hv", dash="dot", color="#e4572e"), name="frontier",
                         hoverinfo="skip")
-    fig.update_layout(title="Accuracy vs size", xaxis=dict(title="size (bytes, log)", type="log"),
-                      yaxis=dict(title="accuracy", tickformat=".1%"), height=460, clickmode="event+select",
-                      margin=dict(t=50, b=40, l=60, r=20))
+    fig.update_layout(title=f"{name.capitalize()} vs size", xaxis=dict(title="size (bytes, log)", type="log"),
+                      yaxis=dict(title=metric.get("label", name), tickformat=".1%" if percent else None), height=460,
+                      clickmode="event+select", margin=dict(t=50, b=40, l=60, r=20))
     return fig
 
 

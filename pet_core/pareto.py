@@ -1,4 +1,7 @@
-"""Runs and their Pareto frontier: accuracy up, bytes down, directions declared once."""
+"""Runs and their Pareto frontier: the task's metric in its direction (accuracy up, perplexity down), bytes down.
+
+Each metric's direction is declared once, in :mod:`pet_core.metrics`; :func:`directions` reads it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,23 @@ import json
 from typing import Any
 
 from pet_core.errors import PetError
+from pet_core.metrics import METRICS
 from pet_core.recipe import Recipe
 from pet_core.steps import method_of
 
-METRIC_DIRECTIONS = {"accuracy": "higher", "size_bytes": "lower"}
+
+def directions(metric: str = "accuracy") -> dict[str, str]:
+    """The Pareto directions of a task metric (from :data:`pet_core.metrics.METRICS`) and of bytes.
+
+    >>> directions("perplexity")
+    {'perplexity': 'lower', 'size_bytes': 'lower'}
+    """
+    if metric not in METRICS:
+        raise PetError(f"unknown metric {str(metric)[:40]!r}; use one of {', '.join(METRICS)}")
+    return {metric: "higher" if METRICS[metric].higher_is_better else "lower", "size_bytes": "lower"}
+
+
+METRIC_DIRECTIONS = directions("accuracy")
 
 
 def _better_or_equal(a: dict, b: dict, directions: dict[str, str]) -> bool:
@@ -19,10 +35,15 @@ def _better_or_equal(a: dict, b: dict, directions: dict[str, str]) -> bool:
 def pareto_front(points: list[dict[str, Any]], directions: dict[str, str] = METRIC_DIRECTIONS) -> list[int]:
     """Indices of the points no other point dominates (as good in every metric, better in one).
 
+    ``directions``: metric name -> "higher" or "lower" (:func:`directions`); every point has each one.
+
     Example:
         >>> pareto_front([{"accuracy": .9, "size_bytes": 10}, {"accuracy": .8, "size_bytes": 20},
         ...               {"accuracy": .95, "size_bytes": 30}])
         [0, 2]
+        >>> pareto_front([{"perplexity": 40, "size_bytes": 10}, {"perplexity": 30, "size_bytes": 20},
+        ...               {"perplexity": 50, "size_bytes": 30}], directions("perplexity"))
+        [0, 1]
     """
     front = []
     for i, p in enumerate(points):
@@ -41,13 +62,15 @@ def recipe_key(recipe: dict) -> str:
 
 
 def run_record(report: dict[str, Any], series: str, label: str | None = None) -> dict[str, Any]:
-    """One point of the Pareto plot from a workbench report."""
+    """One point of the Pareto plot from a workbench report: the metric under its name (and ``metric``)."""
     c = report["compressed"]
+    name = (report.get("metric") or {}).get("name", "accuracy")
     return {
         "series": series,
         "label": label or summarize_recipe(report["recipe"]),
         "recipe": report["recipe"],
-        "accuracy": c["accuracy"],
+        "metric": name,
+        name: c[name],
         "size_bytes": c["size_bytes"],
         "compression_ratio": c["compression_ratio"],
         "weight_sparsity": c["weight_sparsity"],

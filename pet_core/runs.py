@@ -7,6 +7,10 @@ weights in the workspace (``run-<id>.petz``, our packed format, for zoo architec
 ``run-<id>.safetensors``). ``open_run`` rebuilds the workbench of any run and refuses when the
 model or the data changed since.
 
+A run's ``metrics`` name the task's metric: ``metric`` ("accuracy" or "perplexity"),
+``higher_is_better``, and the value under that name (left out when nothing was measured: a
+weights-only baseline, whose dataset is recorded as :data:`NO_DATASET`).
+
 Example:
     >>> rid = record_evaluation(ledger, baseline, wb.report())      # doctest: +SKIP
     >>> baseline, wb = open_run(ledger, rid)                         # doctest: +SKIP
@@ -23,9 +27,9 @@ import torch
 from torch import nn
 
 from pet_core.errors import PetError
-from pet_core.layers import compressible_layers
+from pet_core.layers import compressible_layers, targets
 from pet_core.ledger import Ledger, model_hash
-from pet_core.loader import RUN_PREFIX, Baseline, is_run_source, is_zoo_name, load_baseline
+from pet_core.loader import RUN_PREFIX, Baseline, is_run_source, is_zoo_name, load_baseline, open_workbench
 from pet_core.methods.base import FactorMethod
 from pet_core.recipe import Recipe
 from pet_core.size import model_bytes
@@ -34,8 +38,10 @@ from pet_core.workbench import Workbench
 from pet_core.workspace import run_weights_dir
 
 HISTORY_POINTS = 500      # the most training-history rows kept in a run's row
-COMPRESSED_METRICS = ("accuracy", "size_bytes", "size_bytes_huffman", "compression_ratio", "weight_sparsity",
-                      "nonzero_params")
+COMPRESSED_METRICS = ("size_bytes", "size_bytes_huffman", "compression_ratio", "weight_sparsity",
+                      "nonzero_params")   # besides the task's metric, stored under its own name
+NO_DATASET = "none"       # dataset name and hash of a weights-only run (nothing measured)
+ACCURACY_METRIC = {"name": "accuracy", "higher_is_better": True}   # a report or run from before metrics were named
 FINETUNE_METRICS = ("steps", "seconds", "device", "techniques")
 
 
@@ -47,20 +53,24 @@ def identity(baseline: Baseline) -> dict[str, Any]:
     if "model_hash" not in baseline.info:
         baseline.info["model_hash"] = model_hash(baseline.model)
     source = baseline.source or {}
-    spec = str(source.get("dataset") or baseline.dataset.name)
+    ds = baseline.dataset
+    spec = NO_DATASET if ds is None else str(source.get("dataset") or ds.name)
     data_dir = source.get("data_dir")
-    if spec.strip().lower() == "mnist":
+    if ds is None:
+        data_dir = None
+    elif spec.strip().lower() == "mnist":
         data_dir = data_dir or os.environ.get("PET_MNIST_DIR")
         data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
-    elif spec.strip().lower().endswith(".npz"):
+    elif spec.strip().lower().endswith((".npz", ".txt")):
         spec = str(Path(spec).expanduser().resolve())
     model = baseline.model_name
     file = None if is_zoo_name(model) else Path(model).expanduser()     # not a file either: e.g. "run:12"
     extra = {"data_dir": data_dir, "arch": baseline.arch, "arch_given": source.get("arch"), "dataset_spec": spec,
-             "model_path": str(file.resolve()) if file is not None and file.is_file() else None}
+             "task": source.get("task"),   # a task override (an ambiguous HF folder) rebuilds the same head
+             "model_path": str(file.resolve()) if file is not None and file.exists() else None}   # file or folder
     return {"model": model, "model_hash": baseline.info["model_hash"],
-            "dataset": str(source.get("dataset") or baseline.dataset.name),
-            "dataset_hash": baseline.dataset.fingerprint, "extra": extra}
+            "dataset": NO_DATASET if ds is None else str(source.get("dataset") or ds.name),
+            "dataset_hash": NO_DATASET if ds is None else ds.fingerprint, "extra": extra}
 
 
 def _source(ident: dict[str, Any]) -> dict[str, Any]:
@@ -72,28 +82,52 @@ def record_baseline(ledger: Ledger, baseline: Baseline, owner: str = "me", *, nu
 
     A baseline loaded from a run (``run:N``) is recorded under that run, so lineage continues through it.
 
-    ``numbers``: the ``report()["baseline"]`` at hand ({accuracy, size_bytes, params}), saving an evaluation.
+    ``numbers``: the ``report()["baseline"]`` at hand ({<metric name>, size_bytes, params}), saving an evaluation.
     """
     ident = identity(baseline)
     found = ledger.find("baseline", model_hash=ident["model_hash"], dataset_hash=ident["dataset_hash"], recipe=None)
     if found is not None:
         return found
     if numbers is None:
-        wb = Workbench(baseline.model, baseline.dataset.x_test, baseline.dataset.y_test)
-        numbers = wb.report()["baseline"]
-    weights = [m.weight for m in compressible_layers(baseline.model).values()]
+        numbers = open_workbench(baseline).report()["baseline"]
+    weights = [t.weight for t in targets(baseline.model).values()]   # a tied tensor once, at its owner
     zeros = sum(int((w == 0).sum()) for w in weights)
-    metrics = {"accuracy": numbers["accuracy"], "size_bytes": numbers["size_bytes"], "compression_ratio": 1.0,
-               "weight_sparsity": zeros / max(1, sum(w.numel() for w in weights)), "params": numbers["params"]}
+    metrics = {**metric_fields(baseline.metric.to_dict(), numbers), "size_bytes": numbers["size_bytes"],
+               "compression_ratio": 1.0, "weight_sparsity": zeros / max(1, sum(w.numel() for w in weights)),
+               "params": numbers["params"]}
     from_run = baseline.info.get("run_id") if baseline.info.get("kind") == "run" else None   # "run:N" models
     return ledger.record("baseline", **_source(ident), recipe=None, metrics=metrics, extra=ident["extra"],
                          parent_id=from_run, owner=owner)
 
 
+def metric_fields(metric: dict[str, Any], numbers: dict[str, Any]) -> dict[str, Any]:
+    """``metric`` (its name), ``higher_is_better`` and, when measured, the value under the metric's name.
+
+    >>> metric_fields({"name": "perplexity", "higher_is_better": False}, {"perplexity": 43.2, "size_bytes": 9})
+    {'metric': 'perplexity', 'higher_is_better': False, 'perplexity': 43.2}
+    """
+    name = metric["name"]
+    out = {"metric": name, "higher_is_better": bool(metric["higher_is_better"])}
+    if numbers.get(name) is not None:
+        out[name] = numbers[name]
+    return out
+
+
+def run_metric(run_or_report: dict[str, Any]) -> dict[str, Any]:
+    """{"name", "higher_is_better"} of a run's metrics or of a report (accuracy when it names none)."""
+    m = run_or_report.get("metric")
+    if isinstance(m, dict):        # a report
+        return {"name": m["name"], "higher_is_better": bool(m["higher_is_better"])}
+    metrics = run_or_report.get("metrics") or {}
+    if metrics.get("metric"):
+        return {"name": metrics["metric"], "higher_is_better": bool(metrics.get("higher_is_better", True))}
+    return dict(ACCURACY_METRIC)
+
+
 def compressed_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The ledger's metrics of a ``Workbench.report()``: accuracy, bytes, ratio, sparsity, non-zeros."""
+    """The ledger's metrics of a ``Workbench.report()``: the metric (named), bytes, ratio, sparsity, non-zeros."""
     c = report["compressed"]
-    return {k: c[k] for k in COMPRESSED_METRICS if c.get(k) is not None}
+    return {**metric_fields(run_metric(report), c), **{k: c[k] for k in COMPRESSED_METRICS if c.get(k) is not None}}
 
 
 def post_training_recipe(recipe: dict | None) -> dict | None:
@@ -153,7 +187,7 @@ def _post_training_parent(ledger: Ledger, baseline: Baseline, ident: dict, recip
                         recipe=post, owner=owner)
     if found is not None:
         return found
-    wb = Workbench(baseline.model, baseline.dataset.x_test, baseline.dataset.y_test)
+    wb = open_workbench(baseline)
     wb.apply(Recipe.from_dict(post))
     return record_evaluation(ledger, baseline, wb.report(), owner=owner)
 
@@ -204,7 +238,7 @@ def open_run(ledger: Ledger, run_id: int, *, trust_code: bool = False) -> tuple[
     baseline = load_run_baseline(run, trust_code=trust_code)
     ds = baseline.dataset
     if run["kind"] != "fine-tuned":
-        wb = Workbench(baseline.model, ds.x_test, ds.y_test)
+        wb = open_workbench(baseline)
         recipe = post_training_recipe(run["recipe"]) if run["kind"] != "baseline" else None
         if recipe is not None:
             wb.apply(Recipe.from_dict(recipe))
@@ -214,18 +248,22 @@ def open_run(ledger: Ledger, run_id: int, *, trust_code: bool = False) -> tuple[
     model = _load_weights(run, baseline)
     if final is not None:
         _restore_low_rank(model, baseline.model, final)
-    wb = Workbench(model, ds.x_test, ds.y_test)
+    wb = Workbench(model, None if ds is None else ds.x_test, None if ds is None else ds.y_test, task=baseline.task)
     if final is not None:
         wb.apply(final)
     return baseline, wb
 
 
-def load_source(model: str, dataset: str, data_dir: str | None = None, *, arch: str | None = None,
-                trust_code: bool = False, progress=None) -> Baseline:
-    """:func:`pet_core.loader.load_baseline`, and also ``run:N``: the model run N produced."""
+def load_source(model: str, dataset: str | None, data_dir: str | None = None, *, arch: str | None = None,
+                trust_code: bool = False, progress=None, task: str | None = None) -> Baseline:
+    """:func:`pet_core.loader.load_baseline`, and also ``run:N``: the model run N produced.
+
+    ``dataset`` None (or :data:`NO_DATASET`): weights only.
+    """
     if is_run_source(model):
         return _load_run(model, trust_code)
-    return load_baseline(model, dataset, data_dir, arch=arch, trust_code=trust_code, progress=progress)
+    dataset = None if dataset in (None, NO_DATASET) else dataset
+    return load_baseline(model, dataset, data_dir, arch=arch, task=task, trust_code=trust_code, progress=progress)
 
 
 def _load_run(model: str, trust_code: bool) -> Baseline:
@@ -237,7 +275,7 @@ def _load_run(model: str, trust_code: bool) -> Baseline:
     base, wb = open_run(Ledger(), run_id, trust_code=trust_code)
     source = {**base.source, "model": model}
     return Baseline(model, base.arch, base.dataset, copy.deepcopy(wb.model).eval(),
-                    {"kind": "run", "run_id": run_id}, source)
+                    {"kind": "run", "run_id": run_id, "task": base.task}, source)
 
 
 def load_run_baseline(run: dict[str, Any], *, trust_code: bool = False) -> Baseline:
@@ -246,7 +284,7 @@ def load_run_baseline(run: dict[str, Any], *, trust_code: bool = False) -> Basel
     model = extra.get("model_path") or run["model"]
     dataset = extra.get("dataset_spec") or run["dataset"]
     baseline = load_source(model, dataset, extra.get("data_dir"), arch=extra.get("arch_given"),
-                           trust_code=trust_code)
+                           trust_code=trust_code, task=extra.get("task"))
     now = identity(baseline)
     if now["model_hash"] != run["model_hash"]:
         raise PetError(f"run {run['id']} was made on model {run['model']} with hash {run['model_hash']}, "
@@ -296,6 +334,7 @@ def _restore_low_rank(model: nn.Module, original: nn.Module, final: Recipe) -> N
 
 
 def original_numbers(baseline: Baseline, wb: Workbench) -> dict[str, Any]:
-    """The original baseline's accuracy and bytes (a fine-tuned run's workbench has another baseline)."""
-    return {"accuracy": wb.evaluate(baseline.model), "size_bytes": model_bytes(baseline.model),
+    """The original baseline's metric (under its name) and bytes (a fine-tuned run's workbench has
+    another baseline)."""
+    return {wb.metric.name: wb.evaluate(baseline.model), "size_bytes": model_bytes(baseline.model),
             "params": sum(p.numel() for p in baseline.model.parameters())}

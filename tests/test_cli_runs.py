@@ -97,9 +97,11 @@ def test_runs_text_is_a_table(ws, capsys):
     _json(capsys, "evaluate", "--recipe", str(EXAMPLE))
     rc, out, _ = _run(capsys, "runs")
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["id", "parent", "kind", "status", "model", "dataset", "accuracy",
+    assert rc == 0 and lines[0].split() == ["id", "parent", "kind", "status", "model", "dataset", "metric", "value",
                                             "size_bytes", "ratio", "owner", "label"]
     assert len(lines) == 1 + len(Ledger().runs())
+    for line, run in zip(lines[1:], Ledger().runs()):   # each row names its metric beside the value
+        assert line.split()[6:8] == ["accuracy", f"{run['metrics']['accuracy']:.4f}"]
 
 
 def test_export_run_of_a_fine_tuned_run_has_its_accuracy(ws, capsys, tmp_path):

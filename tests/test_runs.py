@@ -21,7 +21,8 @@ from pet_core.ledger import SCHEMA_VERSION, Ledger, model_hash
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.model_io import save_state_dict
 from pet_core.recipe import Recipe
-from pet_core.runs import identity, open_run, record_baseline, record_evaluation, record_finetune, trim_history
+from pet_core.runs import (NO_DATASET, identity, open_run, record_baseline, record_evaluation, record_finetune,
+                           run_metric, trim_history)
 
 MODEL = "lenet_300_100"
 COMPRESS = {"prune": {"sparsity": 0.9}, "quantize": {"bits": 4}}
@@ -282,3 +283,80 @@ def test_open_run_without_weights_is_one_error(workspace, baseline):
                      dataset_hash=ident["dataset_hash"], extra=ident["extra"], status="running")
     with pytest.raises(PetError, match=rf"run {rid} \(fine-tuned, running\) has no weights"):
         open_run(led, rid)
+
+
+# ---------------------------------------------------------------- metrics by name (issue 11)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """A tiny GPT-2 folder (random weights, built from a config) and a token stream for it."""
+    pytest.importorskip("transformers")
+    import numpy as np
+
+    import hf_models
+
+    root = tmp_path_factory.mktemp("gpt2")
+    folder = hf_models.gpt2_folder(root / "model")
+    np.savez(root / "tokens.npz", tokens=np.random.default_rng(0).integers(0, hf_models.GPT2_VOCAB, 200))
+    return folder, root / "tokens.npz"
+
+
+def test_a_perplexity_run_round_trips_with_its_metric_named(workspace, gpt2):
+    folder, tokens = gpt2
+    base = load_baseline(str(folder), str(tokens))
+    led = Ledger()
+    wb = open_workbench(base)
+    wb.apply(Recipe(model=str(folder), default=COMPRESS))
+    report = wb.report()
+    rid = record_evaluation(led, base, report, owner="ann")
+    run, parent = led.get(rid), led.get(led.get(rid)["parent_id"])
+    for row, part in ((run, "compressed"), (parent, "baseline")):
+        assert row["metrics"]["metric"] == "perplexity" and row["metrics"]["higher_is_better"] is False
+        assert row["metrics"]["perplexity"] == report[part]["perplexity"] and "accuracy" not in row["metrics"]
+    assert run_metric(run) == {"name": "perplexity", "higher_is_better": False}
+
+    _, wb2 = open_run(led, rid)            # the folder and token file loaded again: the same number
+    assert wb2.metric.name == "perplexity" and wb2.evaluate() == run["metrics"]["perplexity"]
+    assert _same_weights(wb2.model, wb.model)
+
+
+def test_a_weights_only_run_records_sizes_and_no_metric_value(workspace, gpt2):
+    folder, _ = gpt2
+    base = load_baseline(str(folder))
+    led = Ledger()
+    wb = open_workbench(base)
+    wb.apply(Recipe(model=str(folder), default=COMPRESS))
+    report = wb.report()
+    rid = record_evaluation(led, base, report)
+    run = led.get(rid)
+    assert run["dataset"] == run["dataset_hash"] == NO_DATASET
+    assert run["metrics"]["metric"] == "perplexity" and "perplexity" not in run["metrics"]
+    assert run["metrics"]["size_bytes"] == report["compressed"]["size_bytes"]
+    _, wb2 = open_run(led, rid)            # reopened weights only, to the same bytes
+    assert wb2.evaluate() is None and wb2.report()["compressed"]["size_bytes"] == run["metrics"]["size_bytes"]
+
+
+def _dominated(p: dict, q: dict, lower: tuple[str, ...]) -> bool:
+    """q dominates p: written out per metric, with ``lower`` the metrics where less is better."""
+    def at_least(a, b, m):
+        return a[m] <= b[m] if m in lower else a[m] >= b[m]
+    return all(at_least(q, p, m) for m in p) and any(q[m] != p[m] for m in p)
+
+
+@pytest.mark.parametrize("metric, lower", [("perplexity", ("perplexity", "size_bytes")),
+                                           ("accuracy", ("size_bytes",))])
+def test_pareto_front_follows_the_metric_direction(metric, lower):
+    import random
+
+    from pet_core.pareto import directions, pareto_front
+
+    rng = random.Random(0)
+    for _ in range(30):
+        points = [{metric: rng.choice([10.0, 20.0, 30.0, 40.0]), "size_bytes": rng.choice([1, 2, 3, 4])}
+                  for _ in range(rng.randint(1, 9))]
+        brute = [i for i, p in enumerate(points) if not any(_dominated(p, q, lower) for q in points)]
+        assert pareto_front(points, directions(metric)) == brute
+    front = pareto_front([{"perplexity": 40.0, "size_bytes": 10}, {"perplexity": 30.0, "size_bytes": 10}],
+                         directions("perplexity"))
+    assert front == [1]                      # the same bytes at lower perplexity wins

@@ -20,8 +20,8 @@ def _load(source: dict[str, Any], ctx: JobContext | None = None):
             ctx.check()
             ctx.report({"stage": "training the baseline", **event})
 
-    return load_source(source["model"], source["dataset"], source.get("data_dir"), arch=source.get("arch"),
-                       trust_code=bool(source.get("trust_code")), progress=progress)
+    return load_source(source["model"], source.get("dataset"), source.get("data_dir"), arch=source.get("arch"),
+                       task=source.get("task"), trust_code=bool(source.get("trust_code")), progress=progress)
 
 
 def pretrain(ctx: JobContext, source: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +55,8 @@ def finetune(ctx: JobContext, source: dict[str, Any], recipe: dict[str, Any], le
         ledger.update(run_id, status="failed", error=_one_line(exc))
         raise
     run = ledger.get(run_id)
-    return {"run_id": run_id, "accuracy": run["metrics"].get("accuracy"), "stopped_reason": ctx.reason,
+    name = run["metrics"].get("metric", "accuracy")
+    return {"run_id": run_id, "metric": name, name: run["metrics"].get(name), "stopped_reason": ctx.reason,
             "status": run["status"]}
 
 
