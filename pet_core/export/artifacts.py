@@ -23,10 +23,11 @@ from pet_core.latency import measure_latency
 from pet_core.size import model_bytes
 
 ONNX_FORMATS = ("onnx", "onnx-int8", "onnx-int8-static")
+TENSOR_FORMATS = ("packed", "state_dict")      # need no example input: any model, weights only too
 LATENCY_BATCHES = (1, 64)
 NOTES = {
     "size_bytes": "measured: bytes of the written file on disk",
-    "accuracy": "measured: the file loaded back and run on the test set",
+    "accuracy": "measured: the file loaded back and run on the test set (the task's metric; None weights-only)",
     "latency_ms": "measured: median ms per forward at batch 1 and 64 (CPU, after warm-up)",
     "accounted_size_bytes": "accounted: the workbench's encoding-level size, no file format overhead",
 }
@@ -49,8 +50,13 @@ def make_artifact(fmt: str, wb, baseline, path: str | Path, *, calibration: list
     """
     if fmt not in FORMATS:
         raise PetError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    image = baseline.dataset is not None and baseline.task == "image_classification"
+    if not image and fmt not in TENSOR_FORMATS:
+        what = "weights-only" if baseline.dataset is None else baseline.task.replace("_", " ")
+        raise PetError(f"{fmt} export needs an image classifier and its dataset; this model is {what}: "
+                       f"export it as {' or '.join(TENSOR_FORMATS)}")
     path = _writable(path)
-    shape = tuple(baseline.dataset.input_shape)
+    shape = None if baseline.dataset is None else tuple(baseline.dataset.input_shape)
     model = wb.model.eval()
     try:
         if fmt in ONNX_FORMATS:
@@ -62,7 +68,9 @@ def make_artifact(fmt: str, wb, baseline, path: str | Path, *, calibration: list
         else:
             loaded = _write_torch(fmt, wb, baseline, model, shape, path)
             accuracy = None if loaded is None else wb.evaluate(loaded)
-            runner = None if loaded is None else _timed(_no_grad(loaded), lambda b: torch.zeros(b, *shape))
+            dtype = torch.float32 if image else torch.long        # token ids for sequence models
+            runner = (None if loaded is None or shape is None
+                      else _timed(_no_grad(loaded), lambda b: torch.zeros(b, *shape, dtype=dtype)))
     except OSError as e:
         raise PetError(f"cannot write {path}: {e.strerror or e}") from None
     latency = runner(threads) if runner else {}
@@ -70,7 +78,9 @@ def make_artifact(fmt: str, wb, baseline, path: str | Path, *, calibration: list
         "format": fmt,
         "path": str(path),
         "size_bytes": path.stat().st_size,
-        "accuracy": accuracy,
+        "metric": wb.metric.name,
+        wb.metric.name: accuracy,
+        **({} if wb.metric.name == "accuracy" else {"accuracy": None}),
         "latency_ms": {k: v["median_ms"] for k, v in latency.items()},
         "latency_p90_ms": {k: v["p90_ms"] for k, v in latency.items()},
         "threads": threads or torch.get_num_threads(),
@@ -82,9 +92,10 @@ def export_report(fmt: str, wb, baseline, path: str | Path) -> dict[str, Any]:
     """What ``python -m pet_core export --json`` prints: the artifact next to the accounted numbers."""
     out = make_artifact(fmt, wb, baseline, path)
     report = wb.report()
-    out["baseline"] = {k: report["baseline"][k] for k in ("accuracy", "size_bytes")}
+    name = report["metric"]["name"]
+    out["baseline"] = {k: report["baseline"][k] for k in (name, "size_bytes")}
     out["accounted_size_bytes"] = report["compressed"]["size_bytes"]
-    out["accounted_accuracy"] = report["compressed"]["accuracy"]
+    out[f"accounted_{name}"] = report["compressed"][name]
     out["notes"] = NOTES
     return out
 
@@ -129,7 +140,7 @@ def _write_torch(fmt, wb, baseline, model, shape, path) -> nn.Module | None:
         return torch.jit.load(str(path), map_location="cpu").eval()
     if fmt == "state_dict":
         ox.export_state_dict(model, path)
-        if baseline.arch:
+        if baseline.arch and ds is not None:
             return load_model_file(path, shape, ds.num_classes, arch=baseline.arch)[0]
         # a user's own architecture: no zoo builder, so load the weights into a copy of the model
         if path.suffix == ".safetensors":
@@ -144,16 +155,17 @@ def _write_torch(fmt, wb, baseline, model, shape, path) -> nn.Module | None:
     from pet_core.packed import load_packed   # packed imports the workbench
 
     write_packed_artifact(wb, baseline, path)   # our packed format (as small as the accounting)
-    model, _ = load_packed(path)                # loaded back bit-exactly
+    model, _ = load_packed(path, trust_code=bool(baseline.info.get("trusted")))   # loaded back bit-exactly
     return model.eval()
 
 
 def write_packed_artifact(wb, baseline, path: str | Path, *, huffman: bool = False) -> dict[str, Any]:
-    """Write ``wb.model`` as a packed file (zoo architectures only); its real, measured size.
+    """Write ``wb.model`` as a packed file; its real, measured size.
 
     ``huffman`` Huffman-codes value codes and index gaps where that is smaller. Returns
     {path, file_bytes, kind: "measured", compression_ratio: baseline model bytes / file bytes}.
-    A model outside the zoo is a PetError (packed files rebuild zoo architectures only).
+    A model whose architecture nothing can rebuild (see :func:`pet_core.packed.packed_model_info`)
+    is a PetError.
     """
     from pet_core.packed import packed_model_info, save_packed   # packed imports the workbench
 
