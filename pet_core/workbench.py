@@ -99,8 +99,14 @@ class Workbench:
         self.last_apply_ms = (time.perf_counter() - start) * 1e3
         return changed
 
-    def _global_thresholds(self, specs: dict[str, LayerSpec]) -> dict[str, float]:
-        """One threshold per group of layers whose prune method puts them in one global group."""
+    def _global_thresholds(self, specs: dict[str, LayerSpec]) -> dict[str, Any]:
+        """Each layer's cut in its global group (layers whose prune method puts them in one group).
+
+        A group's scores are indexed once (``ScoreIndex``, reused for every sparsity); the method
+        gives one hashable cut per layer, equal to the last one when nothing changed for it. Indexes
+        are kept least recently used first out: at most 4, and at most half the weights' bytes
+        (always the newest).
+        """
         groups: dict[tuple, list[str]] = {}
         for name, spec in specs.items():
             prune = spec.of_kind(PruneMethod)
@@ -112,13 +118,14 @@ class Workbench:
             key = tuple((n, specs[n].of_kind(FactorMethod)) for n in names)
             scores = self._sorted.get(key)
             if scores is None:
-                scores = SortedScores([s for n in names for s in prune_scores(self._base[n][0], specs[n])])
+                scores = SortedScores([prune_scores(self._base[n][0], specs[n]) for n in names])
                 self._sorted[key] = scores
-                while len(self._sorted) > 4:
+                budget = sum(w.numel() * w.element_size() for w, _ in self._base.values()) // 2
+                while len(self._sorted) > 4 or (len(self._sorted) > 1
+                                                and sum(s.nbytes for s in self._sorted.values()) > budget):
                     self._sorted.popitem(last=False)
             self._sorted.move_to_end(key)
-            threshold = method.threshold(scores, cfg)
-            out.update({n: threshold for n in names})
+            out.update(zip(names, method.threshold(scores, cfg)))
         return out
 
     def _write(self, name: str, spec: LayerSpec, threshold: float | None) -> None:

@@ -1,8 +1,15 @@
 """Unstructured magnitude pruning: zero the weights with the smallest |w|.
 
-Scoring (``magnitude_scores``), choosing (``threshold_for_sparsity``, ``SortedScores``,
-``keep_mask``) and applying (``magnitude_prune``) are separate so that a global
-(whole-model) threshold can reuse the same pieces as a per-layer one.
+Scoring (``magnitude_scores``), choosing (``cut_for_sparsity``, ``ScoreIndex``, ``cut_masks``)
+and applying (``magnitude_prune``) are separate so that a global (whole-model) cut reuses the
+same pieces as a per-layer one.
+
+A target sparsity prunes exactly ``count_to_prune(n, sparsity)`` weights, as
+``torch.nn.utils.prune`` does, also when several weights equal the threshold: a ``Cut`` prunes
+every score below its value and, of those equal to it, the lowest flat indices first (in a
+global group: earlier layers first, then the lowest index). ``torch.topk`` breaks such ties in
+no documented order, so on data with ties the masks may differ from torch's in which of the
+equal weights go, never in how many.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from torch import Tensor
 
 from pet_core.fields import spec_field
 from pet_core.methods.base import Pruned, PruneMethod, StepConfig, merge_fields
+from pet_core.methods.score_index import ScoreIndex
 
 SPARSITY_HELP = "fraction of weights (or channels) set to zero"
 THRESHOLD_HELP = "zero every weight with |w| <= threshold (or channel with norm <= threshold)"
@@ -75,7 +83,7 @@ def magnitude_scores(w: Tensor) -> Tensor:
 def count_to_prune(n: int, sparsity: float) -> int:
     """Number of the ``n`` units to prune, rounded exactly like ``torch.nn.utils.prune``.
 
-    Python's ``round`` (banker's rounding) is used on purpose so masks match torch's.
+    Python's ``round`` (banker's rounding) is used on purpose so counts match torch's.
 
     >>> count_to_prune(10, 0.25)
     2
@@ -84,9 +92,10 @@ def count_to_prune(n: int, sparsity: float) -> int:
 
 
 def threshold_for_sparsity(scores: Tensor, sparsity: float) -> float:
-    """Score threshold such that ``keep_mask(scores, t)`` prunes ``count_to_prune(numel)`` scores.
+    """The ``count_to_prune(numel)``-th smallest score (``-inf`` when nothing is to be pruned).
 
-    Returns ``-inf`` when nothing is to be pruned (keep all).
+    ``keep_mask(scores, t)`` prunes at least that many: every score equal to ``t`` too
+    (``cut_for_sparsity`` prunes exactly that many).
 
     >>> threshold_for_sparsity(torch.tensor([3.0, 1.0, 2.0, 4.0]), 0.5)
     2.0
@@ -99,25 +108,65 @@ def threshold_for_sparsity(scores: Tensor, sparsity: float) -> float:
     return float(torch.kthvalue(flat, min(k, flat.numel())).values)
 
 
-class SortedScores:
-    """Scores of several tensors, sorted once, so each global threshold is an O(1) lookup.
+@dataclass(frozen=True)
+class Cut:
+    """Where magnitude pruning cuts a layer: every score below ``value`` and the first ``ties``
+    scores equal to it (lowest flat index first, the layer's stored tensors in order) are pruned.
 
-    >>> s = SortedScores([torch.tensor([1.0, 4.0]), torch.tensor([[3.0], [2.0]])])
-    >>> s.threshold(0.5)
+    Hashable and equal when nothing changed, so the workbench skips an unchanged layer.
+
+    >>> cut_masks([torch.tensor([1.0, 2.0, 1.0, 3.0])], Cut(1.0, ties=1))
+    [tensor([False,  True,  True,  True])]
+    """
+
+    value: float
+    ties: int = 0
+
+
+NO_CUT = Cut(float("-inf"))
+
+
+def cut_for_sparsity(scores: list[Tensor], sparsity: float) -> Cut:
+    """The cut that prunes exactly ``count_to_prune(n, sparsity)`` of the ``n`` scores.
+
+    >>> cut_for_sparsity([torch.tensor([2.0, 1.0, 2.0, 2.0])], 0.5)
+    Cut(value=2.0, ties=1)
+    """
+    flat = torch.cat([s.reshape(-1) for s in scores])                      # (n,)
+    k = min(count_to_prune(flat.numel(), sparsity), flat.numel())
+    if k <= 0:
+        return NO_CUT
+    t = torch.kthvalue(flat, k).values
+    return Cut(float(t), k - int(torch.count_nonzero(flat < t)))
+
+
+def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
+    """Keep masks (bool, each score's shape) of ``cut``: scores above its value, and those equal to
+    it after the first ``cut.ties``."""
+    masks, left = [], cut.ties
+    for s in scores:
+        keep = s > cut.value
+        equal = s == cut.value
+        n_equal = int(torch.count_nonzero(equal))
+        if left < n_equal:                                  # some equal scores stay: the later ones
+            where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]
+            keep.view(-1)[where] = True
+        left = max(0, left - n_equal)
+        masks.append(keep)
+    return masks
+
+
+class SortedScores(ScoreIndex):
+    """The former global-threshold structure's name and API: one member per tensor, and
+    ``threshold(sparsity)``, the ``count_to_prune(n, sparsity)``-th smallest score. It no longer sorts.
+
+    >>> SortedScores([torch.tensor([1.0, 4.0]), torch.tensor([[3.0], [2.0]])]).threshold(0.5)
     2.0
     """
 
-    def __init__(self, scores: list[Tensor]):
-        flats = [s.detach().reshape(-1) for s in scores]
-        self.sorted = torch.sort(torch.cat(flats)).values if flats else torch.empty(0)  # (N,)
-        self.numel = int(self.sorted.numel())
-
     def threshold(self, sparsity: float) -> float:
-        """Global threshold that prunes ``count_to_prune(N, sparsity)`` of all scores."""
-        k = count_to_prune(self.numel, sparsity)
-        if k <= 0:
-            return float("-inf")
-        return float(self.sorted[min(k, self.numel) - 1])
+        k = min(count_to_prune(self.numel, sparsity), self.numel)
+        return self.kth(k) if k > 0 else float("-inf")
 
 
 def keep_mask(scores: Tensor, threshold: float) -> Tensor:
@@ -151,22 +200,43 @@ class Magnitude(PruneMethod):
     table_field = "sparsity"
     example = {"sparsity": 0.5}
 
-    def masks(self, stored: list[Tensor], weight: Tensor, cfg: MagnitudeConfig, threshold: float | None) -> Pruned:
+    def masks(self, stored: list[Tensor], weight: Tensor, cfg: MagnitudeConfig, threshold: Any) -> Pruned:
+        """``threshold``: the layer's ``Cut`` in its global group, or a plain float (prune |w| <= it)."""
         scores = [magnitude_scores(t) for t in stored]
         if cfg.threshold is not None:
-            threshold = cfg.threshold
-        elif threshold is None or cfg.scope != "global":
-            threshold = threshold_for_sparsity(torch.cat([s.flatten() for s in scores]), cfg.sparsity)
-        return Pruned([keep_mask(s, threshold) for s in scores], threshold)
+            return Pruned([keep_mask(s, cfg.threshold) for s in scores], cfg.threshold)
+        if cfg.scope != "global" or threshold is None:
+            cut = cut_for_sparsity(scores, cfg.sparsity)
+        elif isinstance(threshold, Cut):
+            cut = threshold
+        else:                                   # a plain float, as given: prune |w| <= it
+            return Pruned([keep_mask(s, threshold) for s in scores], threshold)
+        return Pruned(cut_masks(scores, cut), cut.value)
 
     def global_key(self, cfg: MagnitudeConfig) -> Any:
         return cfg.sparsity if cfg.scope == "global" and cfg.sparsity is not None else None
 
     def global_scores(self, stored: list[Tensor]) -> list[Tensor]:
-        return [magnitude_scores(t) for t in stored]
+        """The stored tensors themselves: ``ScoreIndex`` ranks their magnitudes (no |w| copy)."""
+        return [t.detach() for t in stored]
 
-    def threshold(self, scores: SortedScores, cfg: MagnitudeConfig) -> float:
-        return scores.threshold(cfg.sparsity)
+    def threshold(self, scores: ScoreIndex, cfg: MagnitudeConfig) -> list[Cut]:
+        """One ``Cut`` per member of the group: exactly ``count_to_prune(n, sparsity)`` pruned in all."""
+        return global_cuts(scores, cfg.sparsity)
 
     def label(self, cfg: MagnitudeConfig) -> str:
         return f"magnitude {amount_label(cfg)} {cfg.scope}"
+
+
+def global_cuts(index: ScoreIndex, sparsity: float) -> list[Cut]:
+    """Each member's cut so that the group prunes exactly ``count_to_prune(n, sparsity)`` scores,
+    ties going to earlier members first.
+
+    >>> global_cuts(ScoreIndex([torch.tensor([1.0, 5.0]), torch.tensor([1.0, 1.0])]), 0.5)
+    [Cut(value=1.0, ties=1), Cut(value=1.0, ties=1)]
+    """
+    k = min(count_to_prune(index.numel, sparsity), index.numel)
+    if k <= 0:
+        return [NO_CUT] * index.members
+    value, ties = index.ties(k)
+    return [Cut(value, n) for n in ties]
