@@ -89,7 +89,7 @@ def _progress(event: dict) -> None:
 def _context(args: argparse.Namespace):
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     model = args.model or recipe.model
-    dataset = args.dataset or (recipe.dataset if args.recipe else None)   # None: weights only (zoo: digits)
+    dataset = args.dataset or (recipe.dataset if args.recipe and _names_dataset(args.recipe) else None)
     if is_run_source(model):
         baseline = load_source(model, dataset, args.data_dir, arch=args.arch,
                                trust_code=args.trust_code, progress=_progress)
@@ -99,6 +99,17 @@ def _context(args: argparse.Namespace):
     if dataset is None and baseline.dataset is not None:
         dataset = baseline.dataset.name            # a zoo model's default, digits
     return recipe.replace(model=model, dataset=dataset or recipe.dataset), baseline
+
+
+def _names_dataset(path: str) -> bool:
+    """True when the recipe file itself names a dataset. Without one, a recipe's dataset is the default
+    (digits), which fits zoo models only; the loader gives those digits anyway, and anything else
+    is loaded weights only."""
+    from pet_core.bounded import load_yaml
+
+    text = Path(path).read_text(encoding="utf-8")         # already read and checked by recipe.load
+    data = json.loads(text) if Path(path).suffix.lower() == ".json" else load_yaml(text)
+    return isinstance(data, dict) and data.get("dataset") is not None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

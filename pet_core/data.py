@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from pet_core.bounded import shown
 from pet_core.errors import PetError
 from pet_core.npz import max_dataset_bytes, read_npz
+from pet_core.splits import check_labels as _check_labels
+from pet_core.splits import fingerprint as _fingerprint
+from pet_core.splits import stratified_split as _stratified_split
 
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -61,14 +64,14 @@ def load_dataset(name: str, data_dir: str | None = None, *, task: str | None = N
 
     ``task`` None or "image_classification" reads images (integer arrays become float images);
     a token task ("sequence_classification", "causal_lm") reads token ids with
-    :func:`pet_core.token_data.load_token_dataset`, checked against ``vocab_size`` and
+    :func:`pet_core.token_data.read_token_dataset`, checked against ``vocab_size`` and
     ``max_length``; a causal_lm ``.txt`` file is tokenised with the tokenizer in ``tokenizer_dir``.
     """
     if task not in (None, "image_classification"):
-        from pet_core.token_data import load_token_dataset
+        from pet_core.token_data import read_token_dataset
 
-        return load_token_dataset(name, task, vocab_size=vocab_size, max_length=max_length,
-                                  tokenizer_dir=tokenizer_dir)
+        return Dataset(**read_token_dataset(name, task, vocab_size=vocab_size, max_length=max_length,
+                                            tokenizer_dir=tokenizer_dir))
     key = str(name).strip()
     if key.lower() == "digits":
         return _load_digits()
@@ -115,16 +118,6 @@ def fit_image_model(ds: Dataset, image_size: int, num_channels: int, model_name:
     return with_note(ds, x_tr, x_te, f"{', '.join(notes)} for {model_name}")
 
 
-def _fingerprint(*arrays: np.ndarray) -> str:
-    """Short stable hash over array shapes, dtypes and bytes."""
-    h = hashlib.blake2b(digest_size=6)
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.shape}{a.dtype.str}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _make_dataset(
     name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, fingerprint: str
 ) -> Dataset:
@@ -143,17 +136,6 @@ def _make_dataset(
         num_classes=num_classes,
         fingerprint=fingerprint,
     )
-
-
-def _stratified_split(x: np.ndarray, y: np.ndarray):
-    """Fixed 75/25 stratified split (random_state=0); falls back to unstratified for tiny classes."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    except ValueError:
-        # a class with a single sample cannot be stratified; still give a deterministic split
-        return train_test_split(x, y, test_size=0.25, random_state=0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -239,23 +221,6 @@ def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
         # a perfect-square feature count is most likely a flattened square image
         return x.reshape(n, 1, s, s) if s * s == d else x.reshape(n, 1, 1, d)
     raise PetError(f"{path.name}: array {key!r} has shape {x.shape}; expected (N,D), (N,H,W) or (N,C,H,W)")
-
-
-def _check_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
-    """Labels must be a 1-D array of non-negative integers."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]  # column vectors of labels are common in exported data
-    if y.ndim != 1:
-        raise PetError(f"{path.name}: labels {key!r} have shape {y.shape}; expected (N,)")
-    if y.dtype.kind not in "iub":
-        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)  # whole-number floats are labels saved with the wrong dtype
-        else:
-            raise PetError(f"{path.name}: labels {key!r} must be integers 0..K-1, found dtype {y.dtype}")
-    if y.size and int(y.min()) < 0:
-        raise PetError(f"{path.name}: labels {key!r} must be integers 0..K-1, found negative value {int(y.min())}")
-    return y.astype(np.int64)
 
 
 def _load_npz(path: Path) -> Dataset:

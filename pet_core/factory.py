@@ -2,7 +2,8 @@
 
 ``arch="mypkg.models:build_net"`` imports ``mypkg.models`` and calls ``build_net()``, or
 ``build_net(num_classes=K)`` when the factory has a ``num_classes`` parameter and the class count
-is known. Importing named code runs it, so this needs the same trust as a pickled model file.
+is known. Importing named code runs it, so it needs the same trust as a pickled model file:
+:func:`pet_core.model_io.load_model_file` refuses a factory without ``trust_code`` before it gets here.
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ def is_factory_arch(arch: str | None) -> bool:
     return isinstance(arch, str) and ":" in arch
 
 
-def build_from_factory(arch: str, *, trust_code: bool, num_classes: int | None = None) -> nn.Module:
-    """The module ``arch`` (``"module:factory"``) builds, in eval mode.
-
-    Raises:
-        PetError: one line: without ``trust_code``, for a malformed name, a module that does not
-            import, a missing factory, or a factory that fails or returns no ``nn.Module``.
-    """
-    from pet_core.model_io import TRUST_CODE_ENV
-
+def check_factory_name(arch: str) -> None:
+    """PetError unless ``arch`` reads ``module.path:function``."""
     if not _FACTORY.match(arch):
         raise PetError(f"architecture {arch[:80]!r} is neither a zoo name nor 'module.path:factory'")
-    if not trust_code:
-        raise PetError(f"architecture {arch} imports and runs that module's code; refused "
-                       f"(start with --trust-code / {TRUST_CODE_ENV}=1 to allow)")
+
+
+def build_from_factory(arch: str, *, num_classes: int | None = None) -> nn.Module:
+    """The module ``arch`` (``"module:factory"``) builds, in eval mode. Runs that code: trusted callers only.
+
+    Raises:
+        PetError: one line: for a malformed name, a module that does not import, a missing factory,
+            or a factory that fails or returns no ``nn.Module``.
+    """
+    check_factory_name(arch)
     module_name, func_name = arch.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -63,4 +64,4 @@ def build_from_factory(arch: str, *, trust_code: bool, num_classes: int | None =
     return model.eval()
 
 
-__all__ = ["build_from_factory", "is_factory_arch"]
+__all__ = ["build_from_factory", "check_factory_name", "is_factory_arch"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from pet_core.accuracy import logits_of
 from pet_core.errors import PetError
-from pet_core.factory import build_from_factory, is_factory_arch
+from pet_core.factory import build_from_factory, check_factory_name, is_factory_arch
 from pet_core.packed.container import MAGIC as PACKED_MAGIC
 from pet_core.safetensors_header import check_safetensors_header
 from pet_core.zoo import build_model, list_models, model_info
@@ -89,6 +89,11 @@ def load_model_file(
         trust_code = trust_code or allow_pickle
     path = Path(path)
     name = path.name
+    if is_factory_arch(arch):          # refused before the file is read or the module imported
+        check_factory_name(arch)
+        if not trust_code:
+            raise PetError(f"architecture {arch} imports and runs that module's code; refused "
+                           f"(start with --trust-code / {TRUST_CODE_ENV}=1 to allow)")
     if not path.is_file():
         raise PetError(f"model file {path} not found")
     size = path.stat().st_size
@@ -129,7 +134,7 @@ def load_model_file(
 
     state = _unwrap_state_dict(model, name)
     if is_factory_arch(arch):
-        built = _load_factory(state, arch, num_classes, trust_code, name)
+        built = _load_factory(state, arch, num_classes, name)
         if input_shape is not None:
             check_forward(built, input_shape, num_classes, name, task)
         return built.eval().cpu(), {"kind": kind, "arch": None, "factory": arch, "path": str(path)}
@@ -304,9 +309,9 @@ def _match_arch(state, input_shape, num_classes, arch, name) -> tuple[nn.Module,
     )
 
 
-def _load_factory(state: dict, arch: str, num_classes: int | None, trust_code: bool, name: str) -> nn.Module:
+def _load_factory(state: dict, arch: str, num_classes: int | None, name: str) -> nn.Module:
     """The model ``arch`` ("module:factory") builds, with ``state`` loaded strictly."""
-    built = build_from_factory(arch, trust_code=trust_code, num_classes=num_classes)
+    built = build_from_factory(arch, num_classes=num_classes)
     reason = _first_mismatch(built.state_dict(), state)
     if reason:
         raise PetError(f"model file {name} does not match architecture {arch}: {reason}")

@@ -21,17 +21,18 @@ import numpy as np
 import torch
 
 from pet_core.bounded import shown
-from pet_core.data import Dataset, _check_labels, _fingerprint, _stratified_split
 from pet_core.errors import PetError
 from pet_core.npz import max_dataset_bytes, read_npz
+from pet_core.splits import check_labels, fingerprint, stratified_split
 
 TOKEN_TASKS = ("sequence_classification", "causal_lm")
 MAX_BLOCK_TOKENS = 128     # longer blocks cost (L x vocab) logits each and say little more about a model
 
 
-def load_token_dataset(name: str, task: str, *, vocab_size: int | None = None, max_length: int | None = None,
-                       tokenizer_dir: str | Path | None = None) -> Dataset:
-    """A token dataset for ``task`` from ``name`` (a ``.npz``, or a ``.txt`` for ``causal_lm``).
+def read_token_dataset(name: str, task: str, *, vocab_size: int | None = None, max_length: int | None = None,
+                       tokenizer_dir: str | Path | None = None) -> dict:
+    """The fields of a :class:`pet_core.data.Dataset` for ``task`` from ``name`` (a ``.npz``, or a
+    ``.txt`` for ``causal_lm``); :func:`pet_core.data.load_dataset` wraps them.
 
     Raises:
         PetError: one line naming the file: missing arrays, non-integer or out-of-vocabulary ids,
@@ -86,19 +87,28 @@ def _check_length(x: np.ndarray, where: str, key: str, max_length: int | None) -
         raise PetError(f"{where}: {key!r} blocks have {x.shape[1]} tokens; the model takes at most {max_length}")
 
 
-def _classification_dataset(path: Path, arrays: dict, found: list, vocab_size, max_length) -> Dataset:
+def _fields(name, x_tr, y_tr, x_te, y_te, num_classes: int, fp: str, task: str) -> dict:
+    """Dataset fields from numpy arrays (token ids and labels become int64 tensors)."""
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr)]
+    tensors += [tensors[0] if x_te is x_tr else torch.from_numpy(np.ascontiguousarray(x_te)),
+                torch.from_numpy(np.ascontiguousarray(y_te))]
+    return dict(zip(("x_train", "y_train", "x_test", "y_test"), tensors), name=name, num_classes=num_classes,
+                fingerprint=fp, task=task)
+
+
+def _classification_dataset(path: Path, arrays: dict, found: list, vocab_size, max_length) -> dict:
     where = path.name
     for key in ("x", "y"):
         if key not in arrays:
             raise PetError(f"{where}: missing array {key!r}; found keys {shown(found)}")
-    x, y = _token_ids(arrays["x"], 2, where, "x", vocab_size), _check_labels(arrays["y"], path, "y")
+    x, y = _token_ids(arrays["x"], 2, where, "x", vocab_size), check_labels(arrays["y"], path, "y")
     _check_length(x, where, "x", max_length)
     if len(x) != len(y):
         raise PetError(f"{where}: x has {len(x)} sequences but y has {len(y)} labels")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise PetError(f"{where}: give both 'x_test' and 'y_test' or neither; found keys {shown(found)}")
     if "x_test" in arrays:
-        x_te, y_te = _token_ids(arrays["x_test"], 2, where, "x_test", vocab_size), _check_labels(
+        x_te, y_te = _token_ids(arrays["x_test"], 2, where, "x_test", vocab_size), check_labels(
             arrays["y_test"], path, "y_test")
         if len(x_te) != len(y_te):
             raise PetError(f"{where}: x_test has {len(x_te)} sequences but y_test has {len(y_te)} labels")
@@ -108,11 +118,10 @@ def _classification_dataset(path: Path, arrays: dict, found: list, vocab_size, m
     else:
         if len(x) < 4:
             raise PetError(f"{where}: only {len(x)} sequences; need at least 4 to split train/test")
-        x_tr, x_te, y_tr, y_te = _stratified_split(x, y)
+        x_tr, x_te, y_tr, y_te = stratified_split(x, y)
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    fp = _fingerprint(_tag("sequence_classification", 0), x_tr, y_tr, x_te, y_te)
-    return Dataset(path.stem, torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
-                   torch.from_numpy(y_te), num_classes, fp, task="sequence_classification")
+    fp = fingerprint(_tag("sequence_classification", 0), x_tr, y_tr, x_te, y_te)
+    return _fields(path.stem, x_tr, y_tr, x_te, y_te, num_classes, fp, "sequence_classification")
 
 
 def _tag(task: str, block: int) -> np.ndarray:
@@ -135,7 +144,7 @@ def _blocks(stream: np.ndarray, block: int, where: str, key: str) -> np.ndarray:
     return stream[:n * block].reshape(n, block)                # (n, block)
 
 
-def _lm_dataset(name: str, tokens, tokens_test, x, x_test, vocab_size, max_length, where: str) -> Dataset:
+def _lm_dataset(name: str, tokens, tokens_test, x, x_test, vocab_size, max_length, where: str) -> dict:
     """Blocks of token ids for perplexity: from streams (cut into blocks) or given blocks."""
     block = block_length(max_length)
     if tokens is not None:
@@ -150,11 +159,8 @@ def _lm_dataset(name: str, tokens, tokens_test, x, x_test, vocab_size, max_lengt
             if a.shape[1] < 2 or len(a) == 0:
                 raise PetError(f"{where}: {key!r} has shape {a.shape}; perplexity needs blocks of >= 2 tokens")
     empty = np.zeros(0, dtype=np.int64)
-    fp = _fingerprint(_tag("causal_lm", block), x_tr, x_te)
-    x_train = torch.from_numpy(np.ascontiguousarray(x_tr))
-    x_eval = x_train if x_te is x_tr else torch.from_numpy(np.ascontiguousarray(x_te))
-    return Dataset(name, x_train, torch.from_numpy(empty), x_eval, torch.from_numpy(empty.copy()), 0, fp,
-                   task="causal_lm")
+    fp = fingerprint(_tag("causal_lm", block), x_tr, x_te)
+    return _fields(name, x_tr, empty, x_te, empty.copy(), 0, fp, "causal_lm")
 
 
 def _read_text(path: Path, tokenizer_dir) -> np.ndarray:
@@ -179,4 +185,4 @@ def _read_text(path: Path, tokenizer_dir) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-__all__ = ["MAX_BLOCK_TOKENS", "TOKEN_TASKS", "block_length", "load_token_dataset"]
+__all__ = ["MAX_BLOCK_TOKENS", "TOKEN_TASKS", "block_length", "read_token_dataset"]

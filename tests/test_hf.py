@@ -272,6 +272,16 @@ def test_weights_only_baselines(factory_file, gpt2_dir):
     assert zoo.dataset.name == "digits"
 
 
+def test_cli_dataset_comes_from_the_recipe_only_when_it_names_one(gpt2_dir, tmp_path):
+    np.savez(tmp_path / "t.npz", tokens=np.arange(200) % hf_models.GPT2_VOCAB)
+    (tmp_path / "plain.yaml").write_text("pet_recipe: 1\ndefault: {prune: {sparsity: 0.5}}\n")
+    (tmp_path / "named.yaml").write_text(f"pet_recipe: 1\ndataset: {tmp_path / 't.npz'}\n")
+    for recipe, want in (("plain.yaml", None), ("named.yaml", "t")):
+        args = cli.build_parser().parse_args(["evaluate", "--model", str(gpt2_dir), "--recipe", str(tmp_path / recipe)])
+        _, baseline = cli._context(args)
+        assert (None if baseline.dataset is None else baseline.dataset.name) == want
+
+
 def test_engine_imports_without_transformers():
     code = "import sys, pet_core.loader, pet_core.cli, pet_core.metrics; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
