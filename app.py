@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from studio import state, sidebar
+from studio import metric_view, state, sidebar
+from studio.text import plain
 
 st.set_page_config(page_title="PET Studio", page_icon="🗜️", layout="wide")
 
@@ -19,14 +20,17 @@ def home() -> None:
         return
     src = st.session_state["source"]
     b, c = report["baseline"], report["compressed"]
+    metric = metric_view.metric_of(report)
     st.subheader("Now")
     cols = st.columns(4)
-    cols[0].metric("Model", src["model"], help=f"dataset: {src['dataset']}")
-    cols[1].metric("Accuracy", f"{c['accuracy']:.2%}", f"{(c['accuracy'] - b['accuracy']) * 100:+.2f} pts")
+    cols[0].metric("Model", src["model"].rsplit("/", 1)[-1], help=f"dataset: {src['dataset']}")
+    metric_view.show(cols[1], metric, metric_view.value(report, "compressed"), metric_view.value(report, "baseline"))
     cols[2].metric("Size", f"{c['size_bytes']:,} B", f"{c['compression_ratio']:.1f}× smaller", delta_color="off")
     cols[3].metric("Baseline size", f"{b['size_bytes']:,} B", help="dense fp32, every parameter and buffer")
-    st.caption(f"Dataset **{src['dataset']}** · recipe: {state.summary()} · sizes are *accounted* "
-               "(bytes of the chosen encoding), accuracy is *measured* on decoded weights.")
+    st.caption(f"Dataset **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}** · recipe: {state.summary()} · sizes "
+               "are *accounted* (bytes of the chosen encoding), "
+               + (f"{metric.name} is *measured* on decoded weights." if metric_view.measured(report) else
+                  f"{metric.name} is *not measured* (weights only: no dataset)."))
     st.subheader("Where next")
     cols = st.columns(5)
     cols[0].page_link("pages/model.py", label="Pick a model", icon="🧠")

@@ -1,4 +1,4 @@
-"""Compress: global controls and per-layer overrides; accuracy and bytes update on every change.
+"""Compress: global controls and per-layer overrides; the task's metric and bytes update on every change.
 
 The widgets are views of the recipe: they start from it (keys versioned by the recipe) and a change
 writes it. Nothing here rebuilds the recipe from widgets of another version.
@@ -11,7 +11,7 @@ import yaml
 from pet_core.errors import PetError
 from pet_core.recipe import to_token
 from pet_core.steps import resolve
-from studio import state
+from studio import metric_view, state
 from pet_core.methods import METHODS
 from studio.controls import (Control, column_specs, controls_from_default, default_from_controls, groups,
                              layers_from_rows, method_controls, split_layers, table_rows)
@@ -82,17 +82,23 @@ if report is None:
     st.stop()
 st.query_params["recipe"] = to_token(state.recipe())
 b, c = report["baseline"], report["compressed"]
+metric = metric_view.metric_of(report)
 m = st.columns(5)
-m[0].metric("Accuracy", f"{c['accuracy']:.2%}", f"{(c['accuracy'] - b['accuracy']) * 100:+.2f} pts")
+metric_view.show(m[0], metric, metric_view.value(report, "compressed"), metric_view.value(report, "baseline"),
+                 help=f"{metric.label}, measured on the decoded weights")
 m[1].metric("Size", f"{c['size_bytes']:,} B", help="accounted: bytes of the chosen encoding, see the table")
 m[2].metric("Compression", f"{c['compression_ratio']:.2f}×", help=f"baseline {b['size_bytes']:,} B dense fp32")
 m[3].metric("Weight sparsity", f"{c['weight_sparsity']:.1%}")
 m[4].metric("Non-zero params", f"{c['nonzero_params']:,}")
 huff = c.get("size_bytes_huffman")
-st.caption("Accuracy is **measured** on the decoded weights; sizes are **accounted** (the bytes each tensor's "
+st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights" if metric_view.measured(report) else
+            f"{metric.name.capitalize()} is **not measured** (weights only: no dataset)")
+           + "; sizes are **accounted** (the bytes each tensor's "
            "encoding takes; Export writes the packed file and measures it); masks and fake quantization give "
            "**no speed-up** (simulated: physical pruning and ONNX int8 on Export are the real ones)."
            + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else "")
            + (f" Recorded as run #{report['run_id']}." if report.get("run_id") else ""))
-rows = pd.DataFrame(report["layers"]).drop(columns=["tensors"])
-st.dataframe(rows, hide_index=True, width="stretch")
+rows = pd.DataFrame(state.layer_rows(report))
+st.dataframe(rows, hide_index=True, width="stretch", column_config={
+    "relative_error": st.column_config.NumberColumn("‖W−Ŵ‖/‖W‖", format="%.4f",
+                                                    help="relative reconstruction error of the weight (Frobenius)")})

@@ -19,19 +19,19 @@ from pet_core.pareto import summarize_recipe
 from pet_core.physical import physical_workbench
 from pet_core.recipe import Recipe, dumps, loads
 from pet_core.report import cli_command, html_report
-from pet_core.runs import open_run
+from pet_core.runs import metric_fields, open_run
 from pet_core.steps import resolve
-from studio import state
+from studio import metric_view, state
 from studio.pareto_view import run_points
 from studio.session_files import session_dir
 
 ss = st.session_state
 
 
-def artifact_row(a: dict, accounted: int) -> dict:
+def artifact_row(a: dict, accounted: int, metric: str) -> dict:
     lat = a.get("latency_ms") or {}
     return {"artifact": a.get("label", a["format"]), "file bytes (measured)": a["size_bytes"],
-            "accounted bytes": accounted, "accuracy (measured)": a["accuracy"],
+            "accounted bytes": accounted, f"{metric} (measured)": a.get(metric, a.get("accuracy")),
             "latency batch 1 (ms)": lat.get("batch1"), "latency batch 64 (ms)": lat.get("batch64")}
 
 
@@ -49,6 +49,7 @@ st.title("📦 Export")
 report = state.evaluate()
 if report is None:
     st.stop()
+metric = metric_view.metric_of(report)
 runs = [r for r in state.runs() if r["kind"] != "export" and r["status"] in ("done", "stopped")]
 ids = [r["id"] for r in runs]
 by_id = {r["id"]: r for r in runs}
@@ -60,7 +61,7 @@ if wanted in ids:
 run_id = st.selectbox("Run to export", ids, key="x_run",
                       format_func=lambda i: f"#{i} · {by_id[i]['kind']} · "
                                             f"{by_id[i]['label'] or summarize_recipe(by_id[i]['recipe'])} · "
-                                            f"{by_id[i]['metrics'].get('accuracy', 0):.2%} · "
+                                            f"{metric.format(by_id[i]['metrics'].get(metric.name))} · "
                                             f"{by_id[i]['metrics'].get('size_bytes', 0):,} B")
 if run_id is None:
     st.stop()
@@ -74,8 +75,8 @@ except PetError as exc:
 recipe = Recipe.from_dict(run["recipe"]) if run["recipe"] else Recipe(model=run["model"], dataset=run["dataset"])
 stem = f"{recipe.model.rsplit('/', 1)[-1].rsplit('.', 1)[0]}-{recipe.dataset.rsplit('/', 1)[-1]}-run{run_id}"
 m = run["metrics"]
-st.caption(f"Run #{run_id} ({run['kind']}, {run['status']}, by {run['owner']}): accuracy {m.get('accuracy', 0):.2%} "
-           f"measured, {m.get('size_bytes', 0):,} B accounted. Lineage: "
+st.caption(f"Run #{run_id} ({run['kind']}, {run['status']}, by {run['owner']}): {metric.name} "
+           f"{metric.format(m.get(metric.name))}, {m.get('size_bytes', 0):,} B accounted. Lineage: "
            + " → ".join(f"#{r['id']} {r['kind']}" for r in state.ledger().lineage(run_id)))
 
 st.subheader("Recipe")
@@ -92,11 +93,11 @@ weights = save({k: v.contiguous() for k, v in wb.model.state_dict().items()})
 st.download_button("⬇️ Run's weights (safetensors)", weights, f"{stem}.safetensors")
 st.caption(f"This file holds the run's **decoded** weights (fp32, {len(weights):,} bytes measured), not yet the "
            f"packed {m.get('size_bytes', 0):,} B the accounting reports: build the packed file below for that.")
-if run["kind"] != "baseline":
+if run["kind"] != "baseline" and metric.name == "accuracy":   # the HTML report tabulates accuracy
     layers = wb.report()["layers"]
     figures = [sparsity_bars([r["name"] for r in layers if r["params"]],
                              [1 - r["nonzero"] / r["params"] for r in layers if r["params"]]),
-               pareto_figure(run_points(runs))]
+               pareto_figure(run_points(runs, metric.name), metric=metric.to_dict())]
     st.download_button("⬇️ Report (HTML)", html_report(wb.report(), figures, command), f"{stem}-report.html",
                        "text/html")
 
@@ -121,13 +122,15 @@ if st.button("🔨 Build and measure", key="x_build"):
             state.ledger().record("export", model=run["model"], model_hash=run["model_hash"], dataset=run["dataset"],
                                   dataset_hash=run["dataset_hash"], recipe=run["recipe"], parent_id=run_id,
                                   owner=state.user(), label=label, weights_path=str(path),
-                                  metrics={k: artifact[k] for k in ("format", "size_bytes", "accuracy", "latency_ms")})
+                                  metrics={**metric_fields(metric.to_dict(), {metric.name: artifact.get(
+                                               metric.name, artifact.get("accuracy"))}),
+                                           **{k: artifact[k] for k in ("format", "size_bytes", "latency_ms")}})
         except PetError as exc:
             st.error(f"{fmt} export failed:")
             st.code(str(exc), language=None, wrap_lines=True)
 artifacts = {label: a for label, (rid, a) in ss.get("artifacts", {}).items() if rid == run_id}
 if artifacts:
-    st.dataframe(pd.DataFrame([artifact_row(a, m.get("size_bytes", 0)) for a in artifacts.values()]),
+    st.dataframe(pd.DataFrame([artifact_row(a, m.get("size_bytes", 0), metric.name) for a in artifacts.values()]),
                  hide_index=True, width="stretch")
     for label, a in artifacts.items():
         with open(a["path"], "rb") as f:

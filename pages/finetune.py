@@ -11,7 +11,7 @@ from pet_core.errors import PetError
 from pet_core.figures import training_curves
 from pet_core.runs import identity
 from pet_core.training import pick_device
-from studio import jobs, state
+from studio import jobs, metric_view, state
 from studio.text import plain
 from studio.controls import finetune_from_controls
 
@@ -22,6 +22,12 @@ wb = state.workbench()
 report = state.evaluate()
 if wb is None or report is None:
     st.stop()
+if not wb.measures:
+    st.info("Fine-tuning trains the compressed model on data, and this model was loaded without a dataset "
+            "(weights only). Load it with a dataset on the Model page to fine-tune it.")
+    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.stop()
+metric = metric_view.metric_of(report)
 
 
 st.caption(f"Trains a copy of the compressed model (never the baseline) on **{pick_device().type.upper()}**. "
@@ -117,11 +123,11 @@ def live() -> None:
         st.error(f"Fine-tuning {status['state']}: the compressed model and the recipe are unchanged.")
         st.code(str(status.get("error") or status.get("reason") or run.get("error") or ""), language=None,
                 wrap_lines=True)
-    if run["status"] in ("done", "stopped") and run["metrics"].get("accuracy") is not None:
-        c, b = run["metrics"], report["baseline"]
+    if run["status"] in ("done", "stopped") and run["metrics"].get(metric.name) is not None:
+        c = run["metrics"]
         m = st.columns(4)
-        m[0].metric("Accuracy after fine-tuning", f"{c['accuracy']:.2%}",
-                    f"{(c['accuracy'] - b['accuracy']) * 100:+.2f} pts vs baseline")
+        metric_view.show(m[0], metric, c[metric.name], metric_view.value(report, "baseline"),
+                         label=f"{metric_view.title(metric)} after fine-tuning", suffix=" vs baseline")
         m[1].metric("Size", f"{c['size_bytes']:,} B", help="accounted bytes of the fine-tuned compressed model")
         m[2].metric("Compression", f"{c['compression_ratio']:.2f}×")
         m[3].metric("Run", f"#{run['id']} {run['status']}")

@@ -1,6 +1,6 @@
-"""Model: pick a zoo model and a dataset, or upload a model file; see its architecture."""
+"""Model: a zoo model, an uploaded file or a path on this server (a Hugging Face folder, a big file),
+on a dataset or weights only; its compressible tensors and, for image models, its architecture."""
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -8,35 +8,48 @@ import streamlit as st
 
 from pet_core.architecture import summary_rows, total_macs
 from pet_core.errors import PetError
-from pet_core.loader import load_baseline
+from pet_core.layers import skipped_layers
+from pet_core.metrics import TASKS
 from pet_core.model_io import env_trusts_code
 from pet_core.zoo import list_models
-from studio import state
+from studio import metric_view, sources, state
 from studio.text import plain
-from studio.session_files import session_dir
 
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("🧠 Model")
 src = st.session_state["source"]
 models = {m.name: m for m in list_models()}
-DATASETS = ["digits", "mnist", "upload .npz"]
+by_path = sources.paths_allowed()
+KINDS = ["Zoo model", "Upload a file", *(["Path on this server"] if by_path else [])]
+DATASETS = sources.datasets(by_path)
+AUTO_TASK = "from the model"
 
 with st.form("source_form"):
-    kind = st.radio("Model", ["Zoo model", "Upload a file"], horizontal=True,
-                    index=0 if src["model"] in models else 1)
+    now = 0 if src["model"] in models else 2 if by_path and st.session_state.get("source_by_path") else 1
+    kind = st.radio("Model", KINDS, horizontal=True, index=now, key="m_kind")
     c1, c2 = st.columns(2)
     name = c1.selectbox("Zoo model", list(models), index=list(models).index(src["model"]) if src["model"] in models else 0,
                         format_func=lambda n: f"{n} — {models[n].description}")
-    ds_now = src["dataset"] if src["dataset"] in DATASETS[:2] else DATASETS[2]
-    dataset = c2.selectbox("Dataset", DATASETS, index=DATASETS.index(ds_now), key="m_dataset",
-                           help="digits: scikit-learn's 8×8 digits, offline. mnist: a folder with the four IDX files.")
+    dataset = c2.selectbox("Dataset", DATASETS, index=DATASETS.index(sources.dataset_choice(src["dataset"])),
+                           key="m_dataset", help="digits: scikit-learn's 8×8 digits, offline. mnist: a folder with "
+                           "the four IDX files. A language model reads token ids (.npz: tokens or x) or a .txt its "
+                           "tokenizer reads. Weights only: compress and size a file or folder without running it.")
     data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir(), key="m_data_dir")
-    npz = c2.file_uploader("Dataset .npz (arrays x, y)", type=["npz"])
+    npz = c2.file_uploader("Dataset .npz (arrays x, y; or tokens) or .txt", type=["npz", "txt"])
+    data_path = c2.text_input("Dataset file on this server", key="m_data_path") if by_path else ""
     upload = c1.file_uploader("Model file: state_dict (.pt/.pth), .safetensors or packed (.petz)"
                               + ("; with trust also TorchScript, torch.export (.pt2) or a pickled module"
                                  if env_trusts_code() else ""),
-                              type=["pt", "pth", "safetensors", "petz", "ts", "pt2", "zip"])
+                              type=["pt", "pth", "safetensors", "petz", "ts", "pt2", "zip"],
+                              help=f"up to {sources.upload_limit_mb():,} MB (the server's owner sets it with "
+                                   "PET_MAX_UPLOAD_MB)" + ("; bigger files load by path" if by_path else ""))
+    path = c1.text_input("Hugging Face folder or file on this server", key="m_path",
+                         help="a folder with config.json and its weights (read locally, never downloaded, no "
+                              "remote code), or a model file of any size") if by_path else ""
     arch = c1.selectbox("Architecture of a state_dict", ["infer"] + list(models))
+    task = c1.selectbox("Task", [AUTO_TASK, *TASKS], key="m_task",
+                        help="what the model does, when its folder's config fits several heads or a file is not an "
+                             "image classifier; it decides the dataset's form and the metric")
     trust_code = env_trusts_code() and c1.checkbox(   # offered only when the server owner started it so
         "Trust this file's code ⚠️", key="m_trust_code",
         help="Lets a pickled module, TorchScript or a torch.export program load. Loading and running them "
@@ -44,51 +57,52 @@ with st.form("source_form"):
              "yourself. Offered because the server was started with PET_TRUST_CODE=1.")
     submitted = st.form_submit_button("Load", type="primary")
 
-
-def _save_upload(f) -> str:
-    """The upload, kept in this session's folder (removed when the session ends) under its content hash."""
-    data = f.getvalue()
-    folder = session_dir() / "uploads" / hashlib.sha256(data).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / Path(f.name).name
-    path.write_bytes(data)
-    return str(path)
-
-
 if submitted:
-    if dataset == "upload .npz":
-        dataset_spec = _save_upload(npz) if npz else None
-    else:
-        dataset_spec = dataset
-    if dataset_spec is None:
-        st.error("Choose an .npz file to use an uploaded dataset.")
-    elif kind == "Zoo model":
-        state.switch_zoo_source(name, dataset_spec, data_dir if dataset == "mnist" else None)
-    elif upload is None:
-        st.error("Choose a model file to upload, or pick a zoo model.")
-    else:
-        try:
-            saved = _save_upload(upload)     # the path in this session's folder: workers and Export reload it
-            loaded = load_baseline(saved, dataset_spec, data_dir if dataset == "mnist" else None,
-                                   arch=None if arch == "infer" else arch, trust_code=trust_code)
-            st.session_state["user_baseline"] = loaded
-            state.set_source(saved, dataset_spec, data_dir if dataset == "mnist" else None)
-        except PetError as exc:
-            st.error(f"{plain(upload.name, 80)} was not loaded:")
-            st.code(str(exc), language=None, wrap_lines=True)
+    task = None if task == AUTO_TASK else task
+    given = path.strip() if kind == "Path on this server" else upload.name if upload is not None else ""
+    try:
+        spec = sources.dataset_spec(dataset, npz, data_path)
+        folder = data_dir if dataset == "mnist" else None
+        if kind == "Zoo model":
+            if spec == sources.NO_DATASET:
+                raise PetError("a zoo model is trained on a dataset: choose digits, mnist or a file (weights only "
+                               "is for a file or a folder)")
+            state.switch_zoo_source(name, spec, folder)
+        elif not given:
+            raise PetError("give a path on this server" if kind == "Path on this server" else
+                           "choose a model file to upload, or pick a zoo model")
+        else:
+            sources.load_user_model(path.strip() if kind == "Path on this server" else sources.save_upload(upload),
+                                    spec, folder, arch=None if arch == "infer" else arch, task=task,
+                                    trust_code=trust_code, by_path=kind == "Path on this server")
+    except PetError as exc:   # one line; the session keeps its model
+        st.error(f"{plain(Path(given).name, 80) + ' was not loaded: ' if given else ''}{plain(exc, 600)}")
 
 base = state.baseline()
-if base is not None:
-    ds = base.dataset
-    st.success(f"**{plain(Path(st.session_state['source']['model']).name, 80)}** on **{plain(ds.name, 80)}**: "
-               f"{len(ds.y_train):,} training / {len(ds.y_test):,} test images of {list(ds.input_shape)}, "
-               f"{ds.num_classes} classes. {ds.note}")
-    wb = state.workbench()
-    rows = summary_rows(base.model, ds.input_shape)
+wb = state.workbench() if base is not None else None
+if wb is not None:
+    ds, shown = base.dataset, plain(Path(st.session_state["source"]["model"]).name, 80)
+    if ds is None:
+        st.info(f"**{shown}**, weights only: no dataset, so it is compressed and sized but not run "
+                f"({wb.metric.name} not measured). Task: {base.task}.")
+    else:
+        st.success(f"**{shown}** on **{plain(ds.name, 80)}**: {sources.describe_dataset(ds)} {plain(ds.note)}")
+    if base.info.get("note"):
+        st.caption(plain(base.info["note"]))
     c1, c2, c3 = st.columns(3)
-    c1.metric("Baseline accuracy", f"{wb.baseline_accuracy:.2%}")
+    metric_view.show(c1, wb.metric, wb.baseline_metric, label=f"Baseline {wb.metric.name}")
     c2.metric("Parameters", f"{sum(p.numel() for p in base.model.parameters()):,}")
-    c3.metric("MACs per image", f"{total_macs(rows):,}")
+    c3.metric("Compressible tensors", f"{len(wb.layers):,}", help="weights a known operation uses; tied ones once")
+    st.subheader("Compressible tensors")
+    st.dataframe(pd.DataFrame([{"tensor": n, "type": t.type, "shape": list(t.weight.shape), "params": t.weight.numel(),
+                                "tied": ", ".join(t.tied)} for n, t in wb.layers.items()]),
+                 hide_index=True, width="stretch")
+    skipped = skipped_layers(wb.model, wb.layers)
+    with st.expander(f"Not compressed ({len(skipped)}): the tensors left at fp32 and why"):
+        st.dataframe(pd.DataFrame(skipped, columns=["name", "type", "reason"]), hide_index=True, width="stretch")
+if wb is not None and base.dataset is not None and base.task == "image_classification":
+    rows = summary_rows(base.model, ds.input_shape)
+    st.metric("MACs per image", f"{total_macs(rows):,}")
     st.subheader("Architecture")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     st.subheader("Graph")

@@ -1,4 +1,4 @@
-"""Pareto: accuracy against bytes for every run of this model and dataset in the ledger.
+"""Pareto: the task's metric (accuracy, perplexity) against bytes for every run of this model and dataset.
 
 Runs survive reloads and restarts; lines join a run to the run made from it (lineage). Click a
 point to load its recipe into Compress. Sweeps run as jobs in a worker process.
@@ -18,8 +18,16 @@ ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
 st.title("📈 Pareto")
 wb = state.workbench()
-if wb is None or state.evaluate() is None:
+report = state.evaluate()
+if wb is None or report is None:
     st.stop()
+if not wb.measures:
+    st.info(f"The Pareto plot compares measured runs, and this model was loaded without a dataset (weights only): "
+            f"its {wb.metric.name} is not measured. Load it with a dataset on the Model page to compare runs; "
+            f"Compress shows its sizes and errors meanwhile.")
+    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.stop()
+metric = wb.metric.to_dict()
 
 with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
     c1, c2 = st.columns(2)
@@ -61,8 +69,8 @@ def chart() -> None:
         if handle.job.done and ss.get("sweep_seen") != handle.job.id:
             ss["sweep_seen"] = handle.job.id
             st.rerun()   # a full rerun turns the timer off
-    points = run_points(state.runs(everyone=everyone, kinds=kinds))
-    event = st.plotly_chart(pareto_figure(points, ss.get("pareto_selected"), lineage_edges(points)),
+    points = run_points(state.runs(everyone=everyone, kinds=kinds), metric["name"])
+    event = st.plotly_chart(pareto_figure(points, ss.get("pareto_selected"), lineage_edges(points), metric),
                             on_select="rerun", selection_mode="points", key="pareto_chart", width="stretch")
     chosen = event.selection.points if event and event.selection else []
     if chosen:
@@ -76,7 +84,7 @@ def chart() -> None:
             st.success(f"Loaded run #{run['id']} into Compress.")
             st.page_link("pages/compress.py", label="Open Compress", icon="🎚️")
     table = pd.DataFrame([{"run": p["id"], "parent": p["parent_id"], "kind": p["series"], "owner": p["owner"],
-                           "label": p["label"], "accuracy": p["accuracy"], "size_bytes": p["size_bytes"],
+                           "label": p["label"], metric["name"]: p[metric["name"]], "size_bytes": p["size_bytes"],
                            "compression_ratio": p["compression_ratio"]} for p in points])
     st.dataframe(table, hide_index=True, width="stretch")
 

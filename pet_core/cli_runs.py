@@ -98,7 +98,8 @@ def export_run(args: argparse.Namespace) -> dict[str, Any]:
         physical = {k: info[k] for k in ("params_before", "params_after", "skipped")}
     out = export_report(args.format, wb, baseline, args.out)
     out["baseline"] = {k: v for k, v in original_numbers(baseline, wb).items() if k != "params"}
-    measured = {baseline.metric.name: out["accuracy"]}   # export_report measures the task's metric as "accuracy"
+    name = baseline.metric.name
+    measured = {name: out.get(name, out.get("accuracy"))}   # the file measured on the task's metric
     metrics = {**metric_fields(baseline.metric.to_dict(), measured), "size_bytes": out["size_bytes"],
                "latency_ms": out["latency_ms"],
                "compression_ratio": out["baseline"]["size_bytes"] / out["size_bytes"],

@@ -7,16 +7,19 @@ from typing import Any
 from pet_core.pareto import summarize_recipe
 
 
-def run_points(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Plot points for the finished runs that have an accuracy and a size."""
+def run_points(runs: list[dict[str, Any]], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """Plot points for the finished runs of ``metric`` that have its value and a size (value under its name)."""
+    from pet_core.runs import run_metric
+
     points = []
     for r in runs:
         m = r.get("metrics") or {}
-        if r["status"] not in ("done", "stopped") or m.get("accuracy") is None or not m.get("size_bytes"):
+        if (r["status"] not in ("done", "stopped") or run_metric(r)["name"] != metric or m.get(metric) is None
+                or not m.get("size_bytes")):
             continue
         points.append({"id": r["id"], "parent_id": r["parent_id"], "series": r["kind"], "owner": r["owner"],
                        "label": f"#{r['id']} {r['label'] or summarize_recipe(r['recipe'])}",
-                       "recipe": r["recipe"], "accuracy": m["accuracy"], "size_bytes": m["size_bytes"],
+                       "recipe": r["recipe"], metric: m[metric], "size_bytes": m["size_bytes"],
                        "compression_ratio": m.get("compression_ratio"), "weight_sparsity": m.get("weight_sparsity")})
     return points
 

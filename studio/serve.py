@@ -6,6 +6,10 @@ navigation and layout. The flag is process-wide, so we clear it before the serve
 
 The app binds to 127.0.0.1 (``.streamlit/config.toml``); started on another address it prints a
 warning to stderr first, since everyone who can reach the port can then use it.
+
+The upload cap is a setting: ``PET_MAX_UPLOAD_MB`` becomes ``--server.maxUploadSize`` (an explicit
+flag wins; unset, the config file's value holds). Bigger models load by path instead, where the
+Model page offers it (``studio.sources.paths_allowed``).
 """
 
 import ipaddress
@@ -18,6 +22,7 @@ from streamlit.web import cli
 from pet_core.model_io import env_trusts_code
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
+UPLOAD_ENV = "PET_MAX_UPLOAD_MB"
 
 
 def bound_address(argv: list[str], environ: dict) -> str:
@@ -57,6 +62,23 @@ def exposure_warning(address: str, trust_code: bool) -> str | None:
             f"here).\n{trust}\nUse `make run` (127.0.0.1) to keep it local.")
 
 
+def upload_limit_args(argv: list[str], environ: dict) -> list[str]:
+    """``["--server.maxUploadSize", N]`` from ``PET_MAX_UPLOAD_MB``; nothing when unset or given as a flag.
+
+    >>> upload_limit_args([], {"PET_MAX_UPLOAD_MB": "2048"})
+    ['--server.maxUploadSize', '2048']
+
+    Raises:
+        SystemExit: the variable is not a whole number of megabytes >= 1 (one line).
+    """
+    text = environ.get(UPLOAD_ENV, "").strip()
+    if not text or any(a == "--server.maxUploadSize" or a.startswith("--server.maxUploadSize=") for a in argv):
+        return []
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"{UPLOAD_ENV}={text[:40]!r}: give the upload cap as a whole number of megabytes, e.g. 2048")
+    return ["--server.maxUploadSize", str(int(text))]
+
+
 def main() -> int:
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -68,7 +90,7 @@ def main() -> int:
     warning = exposure_warning(bound_address(args, dict(os.environ)), env_trusts_code())
     if warning:
         print(warning, file=sys.stderr)
-    sys.argv = ["streamlit", "run", str(APP), *args]
+    sys.argv = ["streamlit", "run", str(APP), *args, *upload_limit_args(args, dict(os.environ))]
     return cli.main()
 
 

@@ -17,5 +17,6 @@ def render(where) -> None:
             st.session_state["user"] = state.clean_user(name)
             st.query_params["user"] = st.session_state["user"]
             st.rerun()
-        st.caption(f"🧠 **{plain(src['model'].rsplit('/', 1)[-1], 60)}** on **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}**")
+        data = "weights only" if state.weights_only() else f"on **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}**"
+        st.caption(f"🧠 **{plain(src['model'].rstrip('/').rsplit('/', 1)[-1], 60)}** {data}")
         st.caption(f"📝 {state.summary()}")

@@ -22,9 +22,10 @@ import streamlit as st
 from pet_core.errors import PetError
 from pet_core.layers import compressible_layers
 from pet_core.ledger import Ledger
-from pet_core.loader import Baseline, is_zoo_name
+from pet_core.loader import Baseline, is_zoo_name, open_workbench
 from pet_core.pareto import recipe_key, summarize_recipe
 from pet_core.recipe import Recipe, from_token, to_token
+from pet_core.runs import NO_DATASET
 from pet_core.steps import resolve
 from pet_core.workbench import Workbench
 from studio.baselines import shared_baseline, show_pretraining
@@ -46,7 +47,7 @@ def default_mnist_dir() -> str:
 
 def init() -> None:
     """Run at the top of every page: defaults, the user name, a recipe from the link."""
-    ss.setdefault("source", {"model": "lenet_300_100", "dataset": "digits", "data_dir": None})
+    ss.setdefault("source", {"model": "lenet_300_100", "dataset": "digits", "data_dir": None, "task": None})
     ss.setdefault("recipe_version", 0)
     if "user" not in ss:
         ss["user"] = clean_user(st.query_params.get("user", "me"))
@@ -100,11 +101,17 @@ def user() -> str:
 
 def source_key() -> str:
     s = ss["source"]
-    return f"{s['model']}|{s['dataset']}|{s.get('data_dir') or ''}"
+    return f"{s['model']}|{s['dataset']}|{s.get('data_dir') or ''}|{s.get('task') or ''}"
 
 
-def set_source(model: str, dataset: str, data_dir: str | None = None) -> None:
-    ss["source"] = {"model": model, "dataset": dataset, "data_dir": data_dir or None}
+def set_source(model: str, dataset: str, data_dir: str | None = None, *, task: str | None = None) -> None:
+    """The session's model and dataset (``NO_DATASET``: weights only); ``task`` overrides the model's."""
+    ss["source"] = {"model": model, "dataset": dataset, "data_dir": data_dir or None, "task": task}
+
+
+def weights_only() -> bool:
+    """True when the session's model was loaded without a dataset: nothing can be measured."""
+    return ss["source"]["dataset"] == NO_DATASET
 
 
 def continue_from_run(run: dict[str, Any]) -> None:
@@ -153,7 +160,7 @@ def workbench() -> Workbench | None:
         return None
     wb = ss.get("workbench")
     if wb is None or ss.get("workbench_of") != id(base.model):
-        wb = Workbench(base.model, base.dataset.x_test, base.dataset.y_test)
+        wb = open_workbench(base)          # weights only: no eval data, the metric is not measured
         ss["workbench"], ss["workbench_of"] = wb, id(base.model)
         ss.pop("report", None)
     return wb
@@ -244,11 +251,27 @@ def evaluate() -> dict[str, Any] | None:
     return report
 
 
+def layer_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Compress table's rows of ``report`` (the session's latest), once per report."""
+    from studio.layer_view import layer_rows as rows_of, relative_errors
+
+    cached = ss.get("layer_rows")
+    if cached is None or cached[0] is not report:
+        cached = ss["layer_rows"] = (report, rows_of(report, relative_errors(workbench())))
+    return cached[1]
+
+
+def recipe_identity() -> str:
+    """The session's source and the post-training part of its recipe: what a layer's numbers depend on."""
+    r = recipe().replace(finetune={})
+    return source_key() + recipe_key({k: v for k, v in r.to_dict().items() if k not in ("model", "dataset")})
+
+
 def job_source(base: Baseline) -> dict[str, Any]:
     """What a worker process needs to load this session's baseline itself (with the same trust)."""
     s = ss["source"]
     return {"model": s["model"], "dataset": s["dataset"], "data_dir": s.get("data_dir"), "arch": base.arch,
-            "trust_code": bool(base.info.get("trusted"))}
+            "task": s.get("task"), "trust_code": bool(base.info.get("trusted"))}
 
 
 def source_identity() -> dict[str, Any] | None:
@@ -259,12 +282,16 @@ def source_identity() -> dict[str, Any] | None:
 
 
 def runs(everyone: bool = False, kinds: list[str] | None = None) -> list[dict[str, Any]]:
-    """This source's runs from the ledger (this user's, or everyone's), baseline first."""
+    """This source's runs of its metric from the ledger (this user's, or everyone's), baseline first."""
+    from pet_core.runs import run_metric
+
     ident = source_identity()
     if ident is None:
         return []
+    metric = baseline().metric.name       # runs of another metric (another task's head) are not mixed in
     rows = ledger().runs(model_hash=ident["model_hash"], dataset_hash=ident["dataset_hash"],
                          kinds=kinds)
+    rows = [r for r in rows if r["kind"] == "export" or run_metric(r)["name"] == metric]
     if not everyone:
         rows = [r for r in rows if r["kind"] == "baseline" or r["owner"] == user()]
     rows.sort(key=lambda r: (r["kind"] != "baseline", r["id"]))
