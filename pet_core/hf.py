@@ -3,15 +3,8 @@
 A folder is read only through classes that ``transformers`` itself defines: a config whose
 ``auto_map`` asks for code from the folder (or the Hub) is refused, ``trust_remote_code`` is always
 False, nothing is downloaded (``local_files_only``), and ``pytorch_model.bin`` is unpickled with
-``weights_only=True``. Three tasks are supported, each through its auto class:
-
-====================== ==================================== =================================
-task                   auto class                           input
-====================== ==================================== =================================
-causal_lm              ``AutoModelForCausalLM``             int64 token ids (N, L)
-sequence_classification ``AutoModelForSequenceClassification`` int64 token ids (N, L)
-image_classification   ``AutoModelForImageClassification``  float images (N, C, H, W)
-====================== ==================================== =================================
+``weights_only=True``. Each task of :data:`TASK_AUTO_CLASS` loads through its auto class; causal
+LMs and sequence classifiers take int64 token ids (N, L), image classifiers float images (N, C, H, W).
 
 ``transformers`` is imported inside the functions: it takes seconds to import and the engine
 must work without it.
@@ -167,6 +160,10 @@ def load_hf_folder(path: str | Path, task: str | None = None) -> tuple[nn.Module
     """
     folder = Path(path)
     data = read_hf_config(folder)
+    try:
+        _transformers()
+    except PetError as e:
+        raise PetError(f"{folder}: {e}") from None
     task = hf_task(data, task, where=str(folder))
     for w in _weight_files(folder):
         if w.suffix == ".safetensors":

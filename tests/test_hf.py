@@ -216,6 +216,12 @@ def test_remote_code_and_broken_folders_are_refused(gpt2_dir, tmp_path):
     _one_line_error("not valid JSON", load_hf_folder, bare)
 
 
+def test_without_transformers_the_folder_is_refused_in_one_line(gpt2_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)                # import transformers -> ImportError
+    msg = _one_line_error("transformers is not installed: pip install transformers", load_baseline, str(gpt2_dir))
+    assert str(gpt2_dir) in msg
+
+
 # --- module:factory architectures and weights only ----------------------------------------------
 
 FACTORY = """
