@@ -75,7 +75,7 @@ if submitted:
             sources.load_user_model(path.strip() if kind == "Path on this server" else sources.save_upload(upload),
                                     spec, folder, arch=None if arch == "infer" else arch, task=task,
                                     trust_code=trust_code, by_path=kind == "Path on this server")
-    except PetError as exc:   # one line; the session keeps its model
+    except (PetError, OSError) as exc:   # one line; the session keeps its model
         st.error(f"{plain(Path(given).name, 80) + ' was not loaded: ' if given else ''}{plain(exc, 600)}")
 
 base = state.baseline()

@@ -34,8 +34,9 @@ overlay = c2.toggle("Overlay the compressed weights", value=True)
 
 target = wb.layers[name]
 before = cached(store, ("before", source, name), lambda: layer_stats(name, target.type, wb.baseline_weight(name)))
-after = cached(store, ("after", source, name, recipe), lambda: layer_stats(name, target.type, target.weight))
 result = wb.result(name)
+after = before if result is None else cached(store, ("after", source, name, recipe),
+                                             lambda: layer_stats(name, target.type, target.weight))
 
 
 def overlay_counts():

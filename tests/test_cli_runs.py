@@ -137,3 +137,23 @@ def test_export_run_of_a_fine_tuned_run_has_its_accuracy(ws, capsys, tmp_path):
 def test_bad_run_arguments_exit_2_with_one_line(ws, capsys, args, message):
     rc, out, err = _run(capsys, *args)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_runs_text_names_a_perplexity_and_its_direction(capsys):
+    from pet_core.cli_runs import print_runs
+
+    def row(rid, metrics):
+        return {"id": rid, "parent_id": None, "kind": "post-training", "status": "done", "model": "gpt2",
+                "dataset": "tokens", "owner": "ann", "label": "int4", "model_hash": "h", "dataset_hash": "d",
+                "metrics": metrics, "weights_path": None, "error": None}
+
+    lm = row(7, {"metric": "perplexity", "higher_is_better": False, "perplexity": 43.214, "size_bytes": 1000})
+    bare = row(8, {"metric": "perplexity", "higher_is_better": False, "size_bytes": 900})      # weights only
+    print_runs([lm, bare])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[6:9] == ["perplexity", "43.21", "1,000"]
+    assert lines[2].split()[6:9] == ["perplexity", "-", "900"]
+    print_runs({"run": lm, "lineage": [lm]})
+    assert "perplexity 43.21 (lower is better)" in capsys.readouterr().out.splitlines()
+    print_runs({"run": bare, "lineage": [bare]})
+    assert "perplexity not measured" in capsys.readouterr().out.splitlines()
