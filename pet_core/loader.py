@@ -99,6 +99,8 @@ def load_baseline(model: str, dataset: str | None = None, data_dir: str | None =
         source["task"] = task
     if is_hf_folder(model) or (Path(model).is_dir() and (Path(model) / "config.json").is_file()):
         return _load_hf(model, dataset, data_dir, task, source)
+    if _is_packed_hf(model):
+        return _load_packed_hf(model, dataset, data_dir, task, source)
     if is_zoo_name(model):
         if task not in (None, "image_classification"):
             raise PetError(f"zoo model {model} is an image classifier, not a {task} model")
@@ -136,14 +138,49 @@ def load_baseline(model: str, dataset: str | None = None, data_dir: str | None =
     return Baseline(model, info.get("arch"), ds, net, info, source)
 
 
+def _is_packed_hf(model: str) -> bool:
+    """A packed file whose architecture is a transformers model (its data is shaped like an HF folder's)."""
+    from pet_core.packed.container import MAGIC, Container
+
+    path = Path(model)
+    try:
+        with path.open("rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return False
+    except OSError:
+        return False
+    try:
+        ident = Container(path).manifest.get("model")
+    except PetError:
+        return False            # a broken packed file: the file loader says what is wrong with it
+    return isinstance(ident, dict) and ident.get("source") == "hf"
+
+
+def _load_packed_hf(model: str, dataset: str | None, data_dir: str | None, task: str | None,
+                    source: dict) -> Baseline:
+    """A packed transformers model: rebuilt from its stored config, then treated like its HF folder."""
+    from pet_core.hf import hf_info
+    from pet_core.packed import load_packed
+
+    net, meta = load_packed(model)
+    task = task or meta["model"].get("task") or "image_classification"
+    info = {**hf_info(net, task, model), "kind": "packed", "model": meta["model"]}
+    return _with_hf_data(model, net, info, dataset, data_dir, source, tokenizer_dir=None)
+
+
 def _load_hf(model: str, dataset: str | None, data_dir: str | None, task: str | None, source: dict) -> Baseline:
     """An HF folder, and the dataset read for its task (tokens, or images sized for the model)."""
     net, info = load_hf_folder(model, task)
+    return _with_hf_data(model, net, info, dataset, data_dir, source, tokenizer_dir=model)
+
+
+def _with_hf_data(model: str, net: nn.Module, info: dict, dataset: str | None, data_dir: str | None,
+                  source: dict, tokenizer_dir: str | None) -> Baseline:
     if dataset is None:
         return Baseline(model, None, None, net, info, source)
     task = info["task"]
     ds = load_dataset(dataset, data_dir, task=task, vocab_size=info.get("vocab_size"),
-                      max_length=info.get("max_length"), tokenizer_dir=model)
+                      max_length=info.get("max_length"), tokenizer_dir=tokenizer_dir)
     name = Path(model).name
     if task == "image_classification":
         ds = fit_image_model(ds, info["image_size"], info["num_channels"], name)
@@ -155,22 +192,7 @@ def _load_hf(model: str, dataset: str | None, data_dir: str | None, task: str | 
 
 
 def open_workbench(baseline: Baseline) -> Workbench:
-    """A workbench over the baseline, evaluating on the dataset's test split (nothing when weights only).
-
-    Hook for the workbench's task support: once ``Workbench`` takes ``task=`` and ``x_eval=None``,
-    this passes both; until then it takes images and labels positionally, as it always did.
-    """
+    """A workbench over the baseline, evaluating on the dataset's test split (nothing when weights only)."""
     ds = baseline.dataset
-    if _workbench_takes_task():
-        return Workbench(baseline.model, None if ds is None else ds.x_test, None if ds is None else ds.y_test,
-                         task=baseline.task)
-    if ds is None:
-        raise PetError(f"{baseline.model_name} was loaded without a dataset (weights only); give a dataset to "
-                       f"evaluate it")
-    return Workbench(baseline.model, ds.x_test, ds.y_test)
-
-
-def _workbench_takes_task() -> bool:
-    import inspect
-
-    return "task" in inspect.signature(Workbench.__init__).parameters
+    return Workbench(baseline.model, None if ds is None else ds.x_test, None if ds is None else ds.y_test,
+                     task=baseline.task)

@@ -120,6 +120,9 @@ def load_model_file(
         model, kind = _load_safetensors(path), "safetensors"
     elif head[:1] == b"\x80":  # pickle protocol opcode: legacy (non-zip) torch.save
         model, kind = _torch_load(path, trust_code), "state_dict"
+    elif path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+        raise PetError(f"model file {name} is ONNX, which is an export format here, not an input: load the "
+                       f"model it was exported from (a Hugging Face folder, a state_dict, TorchScript)")
     elif _is_text(head):
         raise PetError(f"model file {name} is a text file, not a PyTorch/safetensors model")
     else:
@@ -157,6 +160,11 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError as e:
         return e.start > len(head) - 4  # a multi-byte char cut at the read boundary
     return True
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto: field 1 (ir_version, a small varint), then the producer's name."""
+    return len(head) > 2 and head[0] == 0x08 and 1 <= head[1] <= 20 and b"\x12" in head[2:4]
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
