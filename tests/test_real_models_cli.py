@@ -97,3 +97,38 @@ def test_onnx_input_is_refused_in_one_line(tmp_path, capsys):
         assert main(["analyze", "--model", str(tmp_path / name), "--dataset", "digits"]) == 2
         err = capsys.readouterr().err
         assert "is ONNX, which is an export format here" in err and err.count("\n") == 1
+
+
+def test_torchscript_resnet_with_bias_free_convs_loads_with_trust_and_compresses(folders, tmp_path, capsys):
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):                     # a ResNet basic block: convs without bias, then BatchNorm
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(8)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.stem(x)))
+            return self.fc((h + self.conv(h)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet.ts.pt"
+    torch.jit.save(torch.jit.trace(Block().eval(), torch.zeros(1, 1, 8, 8)), str(path))
+    root, _ = folders
+    args = ["evaluate", "--model", path, "--dataset", "digits", "--recipe", root / "r.yaml"]
+    assert main([*map(str, args), "--json"]) == 2 and "trust" in capsys.readouterr().err
+    report = _run(capsys, *args, "--trust-code")
+    assert {r["name"] for r in report["layers"]} >= {"stem", "conv", "fc"}
+    assert report["compressed"]["weight_sparsity"] > 0.45 and report["compressed"]["accuracy"] is not None
+    packed = tmp_path / "resnet.petz"
+    exported = _run(capsys, "export", "--model", path, "--dataset", "digits", "--recipe", root / "r.yaml",
+                    "--format", "packed", "--out", packed, "--trust-code")
+    assert exported["accuracy"] == report["compressed"]["accuracy"]
+    assert main(["evaluate", "--model", str(packed), "--dataset", "digits", "--json"]) == 2
+    assert "runs code when loaded" in capsys.readouterr().err
+    back = _run(capsys, "evaluate", "--model", packed, "--dataset", "digits", "--trust-code")
+    assert back["baseline"]["accuracy"] == report["compressed"]["accuracy"]
