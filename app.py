@@ -23,11 +23,13 @@ def home() -> None:
     metric = metric_view.metric_of(report)
     st.subheader("Now")
     cols = st.columns(4)
-    cols[0].metric("Model", src["model"].rsplit("/", 1)[-1], help=f"dataset: {src['dataset']}")
+    cols[0].metric("Model", src["model"].rstrip("/").rsplit("/", 1)[-1], help=f"dataset: {src['dataset']}")
     metric_view.show(cols[1], metric, metric_view.value(report, "compressed"), metric_view.value(report, "baseline"))
     cols[2].metric("Size", f"{c['size_bytes']:,} B", f"{c['compression_ratio']:.1f}× smaller", delta_color="off")
     cols[3].metric("Baseline size", f"{b['size_bytes']:,} B", help="dense fp32, every parameter and buffer")
-    st.caption(f"Dataset **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}** · recipe: {state.summary()} · sizes "
+    data = ("No dataset (weights only)" if state.weights_only()
+            else f"Dataset **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}**")
+    st.caption(f"{data} · recipe: {state.summary()} · sizes "
                "are *accounted* (bytes of the chosen encoding), "
                + (f"{metric.name} is *measured* on decoded weights." if metric_view.measured(report) else
                   f"{metric.name} is *not measured* (weights only: no dataset)."))

@@ -89,10 +89,16 @@ st.markdown("Reproduce these numbers headless, or export exactly this run's weig
 st.code(f"{command}\npython -m pet_core export --run {run_id} --format packed --out {stem}.petz", language="bash")
 
 st.subheader("Weights and report")
-weights = save({k: v.contiguous() for k, v in wb.model.state_dict().items()})
-st.download_button("⬇️ Run's weights (safetensors)", weights, f"{stem}.safetensors")
-st.caption(f"This file holds the run's **decoded** weights (fp32, {len(weights):,} bytes measured), not yet the "
-           f"packed {m.get('size_bytes', 0):,} B the accounting reports: build the packed file below for that.")
+state_dict = wb.model.state_dict()
+# Written when clicked, not on every rerun (a big model takes seconds); a tied tensor is stored under each of
+# its names, as safetensors refuses tensors that share memory.
+st.download_button("⬇️ Run's weights (safetensors)", lambda: save({k: v.detach().cpu().contiguous().clone()
+                                                                   for k, v in state_dict.items()}),
+                   f"{stem}.safetensors")
+tensor_bytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+st.caption(f"This file holds the run's **decoded** weights ({tensor_bytes:,} bytes of fp32 tensors, plus a header), "
+           f"not yet the packed {m.get('size_bytes', 0):,} B the accounting reports: build the packed file below "
+           "for that.")
 if run["kind"] != "baseline" and metric.name == "accuracy":   # the HTML report tabulates accuracy
     layers = wb.report()["layers"]
     figures = [sparsity_bars([r["name"] for r in layers if r["params"]],

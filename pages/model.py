@@ -36,7 +36,9 @@ with st.form("source_form"):
                            "tokenizer reads. Weights only: compress and size a file or folder without running it.")
     data_dir = c2.text_input("MNIST folder", value=src.get("data_dir") or state.default_mnist_dir(), key="m_data_dir")
     npz = c2.file_uploader("Dataset .npz (arrays x, y; or tokens) or .txt", type=["npz", "txt"])
-    data_path = c2.text_input("Dataset file on this server", key="m_data_path") if by_path else ""
+    data_path = c2.text_input("Dataset file on this server", key="m_data_path",
+                              value=src["dataset"] if sources.dataset_choice(src["dataset"]) == sources.PATH_DATASET
+                              else "") if by_path else ""
     upload = c1.file_uploader("Model file: state_dict (.pt/.pth), .safetensors or packed (.petz)"
                               + ("; with trust also TorchScript, torch.export (.pt2) or a pickled module"
                                  if env_trusts_code() else ""),
@@ -44,6 +46,7 @@ with st.form("source_form"):
                               help=f"up to {sources.upload_limit_mb():,} MB (the server's owner sets it with "
                                    "PET_MAX_UPLOAD_MB)" + ("; bigger files load by path" if by_path else ""))
     path = c1.text_input("Hugging Face folder or file on this server", key="m_path",
+                         value=src["model"] if st.session_state.get("source_by_path") else "",
                          help="a folder with config.json and its weights (read locally, never downloaded, no "
                               "remote code), or a model file of any size") if by_path else ""
     arch = c1.selectbox("Architecture of a state_dict", ["infer"] + list(models))

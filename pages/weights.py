@@ -26,8 +26,8 @@ if report is None or wb is None:
 store = ss.setdefault("w_cache", OrderedDict())
 source, recipe = (state.source_key(), id(wb.baseline)), state.recipe_identity()
 
-name = st.selectbox("Layer", wb.names, key="w_layer",
-                    format_func=lambda n: f"{n} ({wb.layers[n].type}{', tied: ' + ', '.join(wb.layers[n].tied) if wb.layers[n].tied else ''})")
+name = st.selectbox("Layer", wb.names, key="w_layer", format_func=lambda n: f"{n} ({wb.layers[n].type}"
+                    + (f", tied: {', '.join(wb.layers[n].tied)})" if wb.layers[n].tied else ")"))
 c1, c2 = st.columns(2)
 log_y = c1.toggle("Log-scale counts", value=True)
 overlay = c2.toggle("Overlay the compressed weights", value=True)

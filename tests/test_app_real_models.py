@@ -106,7 +106,7 @@ def test_gpt2_folder_by_path_shows_perplexity_lower_is_better_and_the_tied_row(g
 
     at.switch_page("pages/pareto.py").run()
     assert_clean(at)
-    assert at.get("plotly_chart")[0].proto.spec and "perplexity (lower is better)" in at.get("plotly_chart")[0].proto.spec
+    assert "perplexity (lower is better)" in at.get("plotly_chart")[0].proto.spec     # the y axis's label
 
 
 def test_weights_only_says_not_measured_and_every_page_stays_up(gpt2):
@@ -139,6 +139,9 @@ def test_weights_only_says_not_measured_and_every_page_stays_up(gpt2):
         at.switch_page(page).run()
         assert_clean(at)
         assert any("without a dataset" in i.value for i in at.info), page
+    at.switch_page("pages/export.py").run()                    # the tied embedding and head: no traceback
+    assert_clean(at)
+    assert "safetensors" in " ".join(str(b.proto.label) for b in at.get("download_button"))
 
 
 @pytest.mark.parametrize("environ, address, allowed", [
