@@ -31,12 +31,17 @@ TIMEOUT = 120   # generous: two shared cores; a page here takes about a second
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory) -> tuple[str, str]:
-    """The folder and a token stream file; the default zoo model trained first, as the app opens on it."""
+    """The folder and a token stream file; the default zoo model trained first, as the app opens on it.
+
+    Paths are allowed explicitly: the server address comes from .streamlit/config.toml only when pytest
+    runs from the repository."""
     load_baseline("lenet_300_100", "digits")
     root = tmp_path_factory.mktemp("real")
     folder = hf_models.gpt2_folder(root / "gpt2")
     np.savez(root / "tokens.npz", tokens=np.random.default_rng(0).integers(0, hf_models.GPT2_VOCAB, 200))
-    return str(folder), str(root / "tokens.npz")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PET_ALLOW_PATHS", "1")
+        yield str(folder), str(root / "tokens.npz")
 
 
 def metrics(at: AppTest) -> dict[str, object]:
