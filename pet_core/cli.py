@@ -23,7 +23,7 @@ from pet_core.export.formats import FORMATS
 from pet_core.loader import is_run_source, load_baseline, open_workbench
 from pet_core.metrics import METRICS, TASKS, Metric
 from pet_core.recipe import Recipe, load as load_recipe
-from pet_core.runs import load_source
+from pet_core.runs import NO_DATASET, load_source
 from pet_core.steps import describe_methods, describe_steps
 from pet_core.zoo import list_models
 
@@ -90,6 +90,8 @@ def _context(args: argparse.Namespace):
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     model = args.model or recipe.model
     dataset = args.dataset or (recipe.dataset if args.recipe and _names_dataset(args.recipe) else None)
+    if dataset is not None and dataset.strip().lower() == NO_DATASET:
+        dataset = None                                 # a weights-only run's recipe says dataset: none
     if is_run_source(model):
         baseline = load_source(model, dataset, args.data_dir, arch=args.arch,
                                trust_code=args.trust_code, progress=_progress)

@@ -132,3 +132,16 @@ def test_torchscript_resnet_with_bias_free_convs_loads_with_trust_and_compresses
     assert "runs code when loaded" in capsys.readouterr().err
     back = _run(capsys, "evaluate", "--model", packed, "--dataset", "digits", "--trust-code")
     assert back["baseline"]["accuracy"] == report["compressed"]["accuracy"]
+
+
+def test_a_weights_only_recipe_replays_and_reports_its_metric(folders, capsys, tmp_path):
+    from pet_core.report import html_report
+
+    root, models = folders
+    folder, _ = models["gpt2"]
+    recipe = tmp_path / "none.yaml"
+    recipe.write_text(RECIPE + "dataset: none\n")                  # what a weights-only run's recipe says
+    report = _run(capsys, "evaluate", "--model", folder, "--recipe", recipe)
+    assert report["dataset"] is None and report["compressed"]["perplexity"] is None
+    page = html_report(report, [], "cmd")
+    assert "perplexity (lower is better)" in page and page.count("not measured") == 2
