@@ -91,6 +91,13 @@ def test_cut_prunes_below_and_the_first_ties():
     assert cut_for_sparsity(scores, 0.5) == Cut(1.0, ties=2)   # 0.5 (1) + two of the three 1.0s
 
 
+def test_a_transposed_weight_breaks_ties_in_its_own_row_major_order():
+    stored = _tied((30, 40), seed=10)                       # as HF's Conv1D stores (in, out)
+    w = stored.t()                                          # the canonical (out, in) view: strided
+    _, mask = magnitude_prune(w, MagnitudeConfig(sparsity=0.5, scope="layer"))
+    assert torch.equal(mask, _oracle_masks([w.contiguous()], 0.5)[0])
+
+
 def test_an_explicit_threshold_still_prunes_everything_at_or_below():
     w = _tied((10, 10), seed=2)
     t = float(w.abs().median())

@@ -149,7 +149,8 @@ def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
         equal = s == cut.value
         n_equal = int(torch.count_nonzero(equal))
         if left < n_equal:                                  # some equal scores stay: the later ones
-            where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]
+            where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]     # flat (row-major) indices
+            keep = keep.contiguous()                        # scores of a transposed view are strided
             keep.view(-1)[where] = True
         left = max(0, left - n_equal)
         masks.append(keep)
