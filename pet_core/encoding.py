@@ -159,6 +159,28 @@ def relative_bits(values: torch.Tensor, value_bits: int) -> tuple[int, int]:
     return bits, int(label[len("relative-"):-len("bit")])
 
 
+def filler_counts(gaps: np.ndarray) -> np.ndarray:
+    """Filler entries ``Σ (g >> p)`` for every index width ``p`` in 0..16 at once: (17,) int64.
+
+    One histogram of the gaps below 2^16 instead of one pass over them per width; the few larger
+    gaps are summed as they are.
+
+    >>> filler_counts(np.array([0, 8, 70000]))[[1, 3, 16]].tolist()
+    [35004, 8751, 1]
+    """
+    widths = np.arange(MAX_INDEX_BITS + 1)
+    small = gaps < (1 << MAX_INDEX_BITS)
+    if small.all():
+        hist, big = np.bincount(gaps), gaps[:0]
+    else:
+        hist, big = np.bincount(gaps[small]), gaps[~small]
+    values = np.arange(hist.size)
+    out = np.array([int(hist @ (values >> p)) for p in widths], dtype=np.int64)
+    if big.size:
+        out += np.array([int((big >> p).sum()) for p in widths], dtype=np.int64)
+    return out
+
+
 class Relative(Layout):
     name = "relative"
     huffman = ("gaps",)
@@ -166,13 +188,10 @@ class Relative(Layout):
     def options(self, pos, shape, b):
         if pos.size >= math.prod(shape):
             return {}
-        gaps = gaps_of(pos)
-        best = None
-        for p in range(1, MAX_INDEX_BITS + 1):
-            bits = (pos.size + int((gaps >> p).sum())) * (p + b)
-            if best is None or bits < best[0]:
-                best = (bits, p)
-        return {f"relative-{best[1]}bit": best[0]}
+        widths = np.arange(1, MAX_INDEX_BITS + 1)
+        bits = (pos.size + filler_counts(gaps_of(pos))[1:]) * (widths + b)     # (16,) for p = 1..16
+        p = int(widths[np.argmin(bits)])                                        # the first (narrowest) minimum
+        return {f"relative-{p}bit": int(bits[p - 1])}
 
     def index(self, label, pos, shape):
         p = int(label[len("relative-"):-len("bit")])
@@ -203,14 +222,15 @@ def nonzero_positions(values: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(values.detach().reshape(-1).cpu().numpy() != 0)
 
 
-def layout_options(t: StoredTensor) -> dict[str, tuple[Layout, int]]:
+def layout_options(t: StoredTensor, pos: np.ndarray | None = None) -> dict[str, tuple[Layout, int]]:
     """Every layout ``t`` can be stored in: {label: (layout, index + value bits)}.
 
     The prune method's own layouts come first, so they win a tie (2:4 with a bitmask: both 2 bits
-    per kept value; the hardware's format is named).
+    per kept value; the hardware's format is named). ``pos``: ``nonzero_positions(t.values)`` when
+    the caller has them.
     """
     shape = tuple(t.values.shape)
-    pos = nonzero_positions(t.values)
+    pos = nonzero_positions(t.values) if pos is None else pos
     out: dict[str, tuple[Layout, int]] = {}
     for layout in (*t.layouts, *CORE_LAYOUTS):
         for label, bits in layout.options(pos, shape, t.value_bits).items():
@@ -218,9 +238,9 @@ def layout_options(t: StoredTensor) -> dict[str, tuple[Layout, int]]:
     return out
 
 
-def choose_layout(t: StoredTensor) -> tuple[str, int]:
+def choose_layout(t: StoredTensor, pos: np.ndarray | None = None) -> tuple[str, int]:
     """(label, bits) of the smallest layout for ``t`` (values and index, without the overhead)."""
-    options = layout_options(t)
+    options = layout_options(t, pos)
     label = min(options, key=lambda k: options[k][1])
     return label, options[label][1]
 

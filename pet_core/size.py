@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pet_core.encoding import StoredTensor, choose_layout
+from pet_core.encoding import StoredTensor, choose_layout, nonzero_positions
 
 
 @dataclass
@@ -32,11 +32,11 @@ class TensorSize:
 
 
 def tensor_size(t: StoredTensor) -> TensorSize:
-    """Bytes of one stored tensor in the smallest of its layouts."""
-    n = t.values.numel()
-    z = int(torch.count_nonzero(t.values))
-    encoding, bits = choose_layout(t)
-    return TensorSize(t.name, n, z, t.value_bits, t.value_format, encoding, (bits + t.overhead_bits + 7) // 8)
+    """Bytes of one stored tensor in the smallest of its layouts (one pass finds the non-zeros)."""
+    pos = nonzero_positions(t.values)                                       # (z,)
+    encoding, bits = choose_layout(t, pos)
+    return TensorSize(t.name, t.values.numel(), int(pos.size), t.value_bits, t.value_format, encoding,
+                      (bits + t.overhead_bits + 7) // 8)
 
 
 def stored_bytes(t: torch.Tensor) -> int:

@@ -107,7 +107,9 @@ def _asymmetric(g: Tensor, bits: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
 def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quantized:
     """Quantize ``w`` uniformly; ``mask`` (bool, w's shape) marks kept weights.
 
-    On kept positions ``|values - w| <= step / 2`` (up to float rounding).
+    On kept positions ``|values - w| <= step / 2`` (up to float rounding). All groups at once, on
+    one contiguous buffer rewritten in place (divide, round, clamp, scale): a transposed weight
+    (HF Conv1D) is copied once instead of every operation striding through it.
 
     >>> q = quantize(torch.tensor([[-1.0, 0.5, 1.0]]), QuantizeConfig(bits=2))
     >>> q.codes, q.values
@@ -116,23 +118,39 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
     if mask is not None and mask.shape != w.shape:
         raise PetError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(w.shape)}")
     cdt = _compute_dtype(w)
-    g = as_groups(w.detach().to(cdt), cfg.granularity)  # (groups, n)
-    keep = torch.ones_like(g, dtype=torch.bool) if mask is None else as_groups(mask.bool(), cfg.granularity)
-    lo, hi, absmax = group_ranges(g, keep)
+    view = as_groups(w.detach().to(cdt), cfg.granularity)                       # (groups, n)
+    g = view.contiguous()
+    keep = None if mask is None else as_groups(mask.bool(), cfg.granularity)   # (groups, n)
+    fmask = None if keep is None else keep.to(cdt)                             # 1.0 kept, 0.0 pruned
 
-    if cfg.scheme == "symmetric":
-        codes, scale, step = _symmetric(g, cfg.bits, absmax)
+    offset = None
+    if cfg.scheme == "symmetric" and cfg.bits == 1:
+        absmax = group_ranges(g, torch.ones_like(g, dtype=torch.bool) if keep is None else keep)[2]
+        codes, scale, step = _symmetric(g, 1, absmax)
         values = codes.to(cdt) * scale[:, None]
-        offset = None
-    else:
-        codes, scale = _asymmetric(g, cfg.bits, lo, hi)
-        values = lo[:, None] + codes.to(cdt) * scale[:, None]
+    elif cfg.scheme == "symmetric":
+        qmax = 2 ** (cfg.bits - 1) - 1
+        q = g if fmask is None else g * fmask               # kept values, pruned ones ±0: the same max |w|
+        absmax = torch.maximum(q.amin(dim=1).abs_(), q.amax(dim=1).abs_())                # (groups,)
+        scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))          # (groups,)
+        q = torch.div(g, scale[:, None], out=None if q is g else q).round_().clamp_(-qmax, qmax)  # codes, as floats
+        codes = q.to(torch.int32)
+        values = q.add_(0.0).mul_(scale[:, None])         # + 0.0: a code of -0.0 scales to +0.0, as int 0 does
         step = scale
-        offset = lo.to(torch.float32)
+    else:
+        # on the weight's own layout: which of -0.0 and +0.0 is the minimum depends on the order seen
+        lo, hi, _ = group_ranges(view, torch.ones_like(view, dtype=torch.bool) if keep is None else keep)
+        levels = 2 ** cfg.bits - 1
+        span = hi - lo
+        scale = torch.where(span > 0, span / levels, torch.ones_like(span))       # (groups,)
+        q = (g - lo[:, None]).div_(scale[:, None]).round_().clamp_(0, levels)
+        codes = q.to(torch.int32)
+        values = q.add_(0.0).mul_(scale[:, None]).add_(lo[:, None])               # lo + code * scale
+        step, offset = scale, lo.to(torch.float32)
 
-    # pruned positions: exactly zero value and code 0
-    codes = torch.where(keep, codes, torch.zeros_like(codes))
-    values = values * keep
+    if keep is not None:             # pruned positions: code 0 and value exactly 0 (value * 0.0, as before)
+        codes.mul_(keep)
+        values.mul_(fmask)
     return Quantized(
         values=values.reshape(w.shape).to(w.dtype),
         codes=codes.reshape(w.shape),

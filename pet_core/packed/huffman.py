@@ -97,10 +97,18 @@ def huffman_bits(symbols: np.ndarray, width: int) -> int:
     >>> huffman_bits(np.array([0, 0, 0, 1, 2]), 2)    # table 16 + 3·(2+5), codes 3·1 + 2·2
     44
     """
-    s = _check(symbols, width)
-    freqs = np.bincount(s, minlength=1 << width)
+    return huffman_bits_of_counts(np.bincount(_check(symbols, width), minlength=1 << width), width)
+
+
+def huffman_bits_of_counts(freqs: np.ndarray, width: int) -> int:
+    """:func:`huffman_bits` of a stream given only how often each symbol occurs (``freqs[s]``).
+
+    >>> huffman_bits_of_counts(np.array([3, 1, 1, 0]), 2)
+    44
+    """
+    freqs = np.asarray(freqs, dtype=np.int64)
     lengths = code_lengths(freqs)
-    return _table_bits(int(np.count_nonzero(freqs)), width) + int((freqs * lengths).sum())
+    return _table_bits(int(np.count_nonzero(freqs)), width) + int(freqs @ lengths)
 
 
 def _code_bit_array(s: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -16,13 +16,14 @@ import functools
 import numpy as np
 import torch
 
-from pet_core.encoding import CORE_LAYOUTS, Layout, StoredTensor, choose_layout
+from pet_core.encoding import CORE_LAYOUTS, Layout, StoredTensor, choose_layout, gaps_of, nonzero_positions
 from pet_core.errors import PetError
 from pet_core.methods import METHODS
 from pet_core.methods.base import PruneMethod
 from pet_core.packed.bits import BitReader, bits_to_bytes, bytes_to_bits, to_bit_array
-from pet_core.packed.huffman import MAX_WIDTH, decode_stream, encode_stream, huffman_bits
-from pet_core.packed.streams import Streams, build_streams, decode_values, flag_count, overhead_bytes, zero_entries
+from pet_core.packed.huffman import MAX_WIDTH, decode_stream, encode_stream, huffman_bits, huffman_bits_of_counts
+from pet_core.packed.streams import (Streams, _symbols, build_streams, decode_values, flag_count, overhead_bytes,
+                                     zero_entries)
 from pet_core.size import tensor_size
 
 
@@ -72,10 +73,58 @@ def huffman_tensor_bytes(t: StoredTensor, encoding: str | None = None) -> int:
     than their fixed width, as in Deep Compression's last stage. Includes the flag bits the packed
     format needs when the zero code is also a real value. float32 values are not coded.
     ``encoding``: the accounting's layout label when the caller has it (saves choosing it again).
+
+    The core layouts are counted from histograms of the codes and gaps (no stream is built);
+    a layout a prune method adds (N:M) builds its streams.
     """
     if t.value_bits > 16:
         return tensor_size(t).size_bytes
-    return blob_bytes(build_streams(t, encoding or choose_layout(t)[0]), huffman=True)
+    pos = nonzero_positions(t.values)                                       # (z,)
+    label = encoding or choose_layout(t, pos)[0]
+    name = label.split("-")[0]
+    if name not in ("dense", "bitmask", "relative"):
+        return blob_bytes(build_streams(t, label), huffman=True)
+    _, sym, overhead, _ = _symbols(t)
+    if len(overhead) * 8 != t.overhead_bits:
+        raise PetError(f"tensor {t.name}: {len(overhead) * 8} overhead bits, the accounting has {t.overhead_bits}")
+    b, n = t.value_bits, t.values.numel()
+    real = np.bincount(sym[pos], minlength=1 << b)                           # codes of the non-zeros
+    if name == "dense":         # every position an entry; zeros take the zero code, any real one may be it
+        bits = _values_bits(real, real, n - pos.size, b)
+    elif name == "bitmask":     # n presence bits, then the non-zeros only
+        bits = n + _coded_bits(real, int(pos.size), b, True)
+    else:                       # (z + f) gaps of p bits; a filler (gap 2^p - 1) stands for a zero
+        p = int(label[len("relative-"):-len("bit")])
+        top = (1 << p) - 1
+        gaps = gaps_of(pos)
+        fillers = int((gaps >> p).sum())
+        gaps &= top
+        gap_freqs = np.bincount(gaps, minlength=1 << p)
+        gap_freqs[top] += fillers
+        context = np.bincount(sym[pos[gaps == top]], minlength=1 << b)     # real entries in zero slots
+        bits = _coded_bits(gap_freqs, int(pos.size) + fillers, p, True) + _values_bits(real, context, fillers, b)
+    return len(overhead) + (bits + 7) // 8
+
+
+def _coded_bits(freqs: np.ndarray, size: int, width: int, allowed: bool) -> int:
+    """``_coded``'s bits for a stream of ``size`` symbols with these counts."""
+    fixed = size * width
+    if allowed and width <= MAX_WIDTH and size:
+        return min(fixed, huffman_bits_of_counts(freqs, width))
+    return fixed
+
+
+def _values_bits(real: np.ndarray, context: np.ndarray, zeros: int, b: int) -> int:
+    """Bits of a value stream with ``real`` code counts and ``zeros`` zero entries, plus its flags:
+    the zero code is the one least used by the real entries that stand where a zero may
+    (``context``); each entry carrying it there gets a flag bit when some real one uses it."""
+    if not zeros:
+        return _coded_bits(real, int(real.sum()), b, True)
+    zero = int(np.argmin(context))
+    freqs = real.copy()
+    freqs[zero] += zeros
+    flags = zeros + int(context[zero]) if context[zero] else 0
+    return _coded_bits(freqs, int(freqs.sum()), b, True) + flags
 
 
 def encode_tensor(t: StoredTensor, huffman: bool = False) -> tuple[bytes, dict]:
