@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import app_latency, deploy, engine, finetune_results, jobs_isolation, nm_sparse  # noqa: E402
+from bench import app_latency, deploy, engine, finetune_results, gpt2_scale, jobs_isolation, nm_sparse  # noqa: E402
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +52,8 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: engine.bench_slider("mnist_cnn", ctx)),
     Benchmark("analysis_25m", "analyze() of a synthetic 25M-weight model", engine.bench_analysis),
     Benchmark("threshold_25m", "global threshold for a new target sparsity, 25M weights", engine.bench_threshold),
+    Benchmark("gpt2_scale", "GPT-2 small (124M, random weights): analyze, global threshold, int4, sizes, a move",
+              gpt2_scale.bench_gpt2_scale),
     Benchmark("app_server_lenet_300_100", "Compress slider move through the app (AppTest), lenet_300_100",
               lambda ctx: app_latency.bench_server("lenet_300_100", ctx)),
     Benchmark("app_server_mnist_cnn", "Compress slider move through the app (AppTest), mnist_cnn",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pet_core.layers import skipped_layers, targets
+from pet_core.methods.score_index import memory_order
 
 HIST_MAX_SAMPLES = 1_000_000
 OUTLIER_STDS = 3.0
@@ -78,15 +79,6 @@ def histogram(w: torch.Tensor, bins: int = 60, lo: float | None = None, hi: floa
     # numpy's histogram: ~5x faster per value than torch.histc here, and numpy's bin edges exactly
     counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
     return counts.tolist(), edges.tolist(), sampled
-
-
-def memory_order(w: torch.Tensor) -> torch.Tensor:
-    """``w``'s values, 1-D, in memory order: a view when ``w`` is a dense block in any dimension
-    order (a transposed weight), else a contiguous copy."""
-    if w.dim() > 1:
-        p = w.permute(sorted(range(w.dim()), key=lambda d: -w.stride(d)))
-        w = p if p.is_contiguous() else w.contiguous()
-    return w.reshape(-1)
 
 
 def strided_sample(w: torch.Tensor, stride: int) -> np.ndarray:

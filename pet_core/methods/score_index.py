@@ -35,18 +35,18 @@ import torch
 from torch import Tensor
 
 BUCKETS = 256
-CHUNK = 1 << 20          # scores per chunk: positions fit int32, the temporaries stay ~30 MB
+CHUNK = 1 << 19          # scores per chunk: each of the (2) encoding threads holds ~15 MB of temporaries
 LOW_BITS = 8             # Elias-Fano: low bits of a position stored as is (one byte)
 NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 SAMPLE_STEP = 64         # every 64th score chooses the buckets
 
 
-def _storage_flat(t: Tensor) -> Tensor:
-    """``t``'s elements in memory order, 1-D: a view, no copy, when ``t`` is a dense block in any
-    dimension order (a transposed weight); else a contiguous copy.
+def memory_order(t: Tensor) -> Tensor:
+    """``t``'s values, 1-D, in memory order: a view, no copy, when ``t`` is a dense block in any
+    dimension order (a transposed weight, HF Conv1D's canonical view); else a contiguous copy.
 
-    Positions in the index are numbered in this order. Only the multiset of scores and each
-    member's count of them matter, so any numbering within a member will do.
+    The index numbers positions in this order: only the multiset of scores and each member's
+    count of them matter, so any numbering within a member will do.
     """
     t = t.detach()
     if t.dim() > 1:
@@ -71,7 +71,7 @@ class ScoreIndex:
         self.dtype = torch.float64 if wide else torch.float32
         self._float, self._int = (np.float64, np.int64) if wide else (np.float32, np.int32)
         self._shift = 48 if wide else 16                                  # keep the top 16 bits
-        self._flat = [_storage_flat(t) for t in tensors]
+        self._flat = [memory_order(t) for t in tensors]
         # numpy views to gather from (indexing numpy is ~100x faster than torch for a few thousand)
         self._np = [f.numpy() if f.dtype in NUMPY_FLOATS else None for f in self._flat]
         self.numel = sum(t.numel() for t in tensors)
@@ -134,7 +134,7 @@ class ScoreIndex:
         keys = np.empty(size, dtype=self._int)
         ids = np.empty(size, dtype=np.uint8)
         bits = np.empty(size + BUCKETS * ((size + 255) >> LOW_BITS), dtype=bool)
-        count = np.arange(size, dtype=np.int64)
+        count = np.arange(size, dtype=np.int32)
         for j in chunks:
             n, sub, first = int(self.chunk_size[j]), int(self.chunk_sub[j]), int(self.chunk_first[j])
             a = self._abs(self._flat[self.chunk_tensor[j]][first:first + n], out=scores[:n])
@@ -150,7 +150,7 @@ class ScoreIndex:
             # the i-th entry in bucket order, at position p in bucket b, sets bit b*sub + (p >> 8) + i
             # (its bucket's unary part starts after the sub ticks of each bucket before and their entries)
             order >>= LOW_BITS
-            order += np.repeat(np.arange(BUCKETS, dtype=np.int64) * sub, counts)
+            order += np.repeat(np.arange(BUCKETS, dtype=np.int32) * sub, counts)
             order += count[:n]
             used = bits[:n + BUCKETS * sub]
             used.fill(False)
