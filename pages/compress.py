@@ -96,7 +96,8 @@ st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights"
            + "; sizes are **accounted** (the bytes each tensor's "
            "encoding takes; Export writes the packed file and measures it); masks and fake quantization give "
            "**no speed-up** (simulated: physical pruning and ONNX int8 on Export are the real ones)."
-           + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else "")
+           + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else
+              " The Huffman-coded size of a model this large is computed on Export, not on every move.")
            + (f" Recorded as run #{report['run_id']}." if report.get("run_id") else ""))
 rows = pd.DataFrame(state.layer_rows(report))
 st.dataframe(rows, hide_index=True, width="stretch", column_config={

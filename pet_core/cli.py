@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wb, info = physical_workbench(wb)
             physical = {k: info[k] for k in ("params_before", "params_after", "skipped")}
         return {**head, **export_report(args.format, wb, baseline, args.out), "physical": physical}
-    report = wb.report()
+    report = wb.report(huffman=True)   # not interactive: the Huffman size too, at any model size
     return {**head, **report, "run_id": record_evaluation_run(args, baseline, report)}
 
 

@@ -87,9 +87,18 @@ class Target:
         return [self.parameter] + ([] if self.bias is None else [getattr(self.module, self.bias_attr)])
 
     @torch.no_grad()
-    def write(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """Copy a canonical-layout weight (and bias) into the module, in place."""
-        self.parameter.copy_(weight.transpose(0, 1) if self.swapped else weight)
+    def write(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, adopt: bool = False) -> None:
+        """Put a canonical-layout weight (and bias) into the module.
+
+        ``adopt``: the parameter takes ``weight``'s storage (no copy; a swapped layout becomes a
+        transposed view of it, which matmuls read as they are). The caller must own ``weight``:
+        never a baseline tensor. Otherwise the values are copied into the parameter in place.
+        """
+        param = self.parameter
+        if adopt and weight.dtype == param.dtype and weight.device == param.device:
+            param.data = weight.transpose(0, 1) if self.swapped else weight
+        else:
+            param.copy_(weight.transpose(0, 1) if self.swapped else weight)
         if bias is not None and self.bias is not None:
             getattr(self.module, self.bias_attr).copy_(bias)
 

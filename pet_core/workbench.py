@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from collections import OrderedDict
 from typing import Any
 
@@ -26,11 +27,25 @@ from pet_core.packed.tensor_blob import huffman_tensor_bytes
 from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
+def narrow_codes(codes: torch.Tensor | None, bits: int) -> torch.Tensor | None:
+    """What a session keeps of a layer's codes (a quarter of the weight's bytes at int4, not a whole
+    copy): integer codes of ``bits`` bits (signed symmetric, unsigned asymmetric, or codebook indices
+    below 2^bits) in int8 up to 7 bits and int16 up to 15, else as they are."""
+    if codes is None or codes.dtype not in (torch.int32, torch.int64):
+        return codes
+    if bits <= 7:
+        return codes.to(torch.int8)
+    return codes.to(torch.int16) if bits <= 15 else codes
+
+
+HUFFMAN_EAGER_WEIGHTS = 20_000_000   # above this, report() leaves the Huffman size to export or a request
+
 MEASURE_NOTES = {
     "metric": "measured: the working model (compressed weights decoded to fp32) on the eval set; "
               "None when no dataset was given (weights only)",
     "size_bytes": "accounted: bytes of the chosen encoding per tensor (no file is written)",
-    "size_bytes_huffman": "accounted: the same layouts with Huffman-coded value codes and gaps (packed file)",
+    "size_bytes_huffman": "accounted: the same layouts with Huffman-coded value codes and gaps (packed file); "
+                          "None for models over 20 M weights unless asked for (export computes it)",
     "speed": "simulated: masks and fake quantisation give no speed-up",
 }
 
@@ -131,8 +146,13 @@ class Workbench:
     def _write(self, name: str, spec: LayerSpec, threshold: float | None) -> None:
         weight, bias = self._base[name]
         result = None if spec.is_identity else compress_layer(weight, bias, spec, threshold)
-        self.layers[name].write(weight if result is None else result.weight,
-                                bias if result is None else result.bias)
+        if result is None:
+            self.layers[name].write(weight, bias)
+        else:   # the working copy takes the result's weight as it is: one copy of it, not two
+            owned = result.weight.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
+            self.layers[name].write(result.weight, result.bias, adopt=owned)
+            result = replace(result, tensors=[replace(t, codes=narrow_codes(t.codes, t.value_bits))
+                                              for t in result.tensors])
         self._results[name] = result
         self._sizes.pop(name, None)
         self._huffman.pop(name, None)
@@ -201,6 +221,10 @@ class Workbench:
         recomputed only for layers rewritten since the last call."""
         return [self._layer_size(item) if kind == "layer" else item for kind, item in self._table()]
 
+    @staticmethod
+    def _huffman_now(asked: bool | None, weights: int) -> bool:
+        return asked if asked is not None else weights <= HUFFMAN_EAGER_WEIGHTS
+
     def zero_weights(self, name: str) -> int:
         if name not in self._zeros:
             self._zeros[name] = int(self.layers[name].weight.numel() - torch.count_nonzero(self.layers[name].weight))
@@ -220,8 +244,13 @@ class Workbench:
             total += self._huffman[row.name]
         return total
 
-    def report(self, accuracy: float | None = None) -> dict[str, Any]:
-        """The numbers the CLI's ``evaluate --json`` prints and every page shows."""
+    def report(self, accuracy: float | None = None, *, huffman: bool | None = None) -> dict[str, Any]:
+        """The numbers the CLI's ``evaluate --json`` prints and every page shows.
+
+        ``huffman``: compute ``size_bytes_huffman`` (True), leave it None (False), or (None) compute
+        it when the model holds at most :data:`HUFFMAN_EAGER_WEIGHTS` weights: on GPT-2 size models
+        it would double the cost of every slider move, so it is computed on request and on export.
+        """
         rows = self.sizes()
         base_bytes = model_bytes(self.baseline)
         size_bytes = sum(r.size_bytes for r in rows)
@@ -237,7 +266,7 @@ class Workbench:
             "compressed": {
                 metric.name: self.evaluate() if accuracy is None else accuracy,
                 "size_bytes": size_bytes,
-                "size_bytes_huffman": self.size_bytes_huffman(),
+                "size_bytes_huffman": self.size_bytes_huffman() if self._huffman_now(huffman, weights) else None,
                 "nonzero_params": nonzero,
                 "compression_ratio": base_bytes / size_bytes,
                 "weight_sparsity": zero_weights / max(1, weights),

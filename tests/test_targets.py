@@ -252,3 +252,30 @@ def test_finetuning_refuses_what_it_cannot_train_in_one_line():
     with pytest.raises(PetError, match=r"Linear/Conv1d/Conv2d layers only; .* such as transformer.wte \(Embedding\)"):
         check_trainable(Workbench(model), digits)
     check_trainable(Workbench(nn.Sequential(nn.Flatten(), nn.Linear(64, 10))), digits)   # a plain classifier trains
+
+
+def test_a_session_holds_one_copy_of_each_compressed_weight_and_the_baseline_stays_put():
+    model, x = _gpt2()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    wb = Workbench(model)
+    wb.apply(Recipe(default=RECIPE))
+    for name, t in wb.layers.items():
+        stored = wb.result(name).tensors[0]
+        assert stored.values.untyped_storage().data_ptr() == t.parameter.untyped_storage().data_ptr(), name
+        assert stored.values.is_contiguous()                  # Conv1D's parameter is a transposed view of it
+        assert stored.codes.dtype == torch.int8               # int4 codes kept in a byte, not an int32
+    wb.apply(Recipe(default={"prune": {"sparsity": 0.7}}))   # rewrite every layer again
+    wb.apply(Recipe())                                        # and back to the baseline
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())        # the baseline untouched
+    assert all(torch.equal(before[k], v) for k, v in wb.model.state_dict().items())     # the copy restored
+    with torch.no_grad():
+        assert torch.equal(wb.model(x).logits, model(x).logits)
+
+
+def test_the_huffman_size_is_computed_on_request():
+    model, _ = _gpt2()
+    wb = Workbench(model)
+    wb.apply(Recipe(default=RECIPE))
+    assert wb.report(huffman=False)["compressed"]["size_bytes_huffman"] is None
+    asked = wb.report(huffman=True)["compressed"]["size_bytes_huffman"]
+    assert asked == wb.size_bytes_huffman() == wb.report()["compressed"]["size_bytes_huffman"]   # small: eager
