@@ -21,6 +21,7 @@ from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, pri
 from pet_core.errors import PetError
 from pet_core.export.formats import FORMATS
 from pet_core.loader import is_run_source, load_baseline, open_workbench
+from pet_core.memory import release_freed_memory
 from pet_core.metrics import METRICS, TASKS, Metric
 from pet_core.recipe import Recipe, load as load_recipe
 from pet_core.runs import NO_DATASET, load_source
@@ -265,6 +266,7 @@ def _metric_text(out: dict[str, Any], part: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    release_freed_memory()
     try:
         args = build_parser().parse_args(argv)
         out = run(args)

@@ -189,7 +189,8 @@ class Relative(Layout):
         if pos.size >= math.prod(shape):
             return {}
         widths = np.arange(1, MAX_INDEX_BITS + 1)
-        bits = (pos.size + filler_counts(gaps_of(pos))[1:]) * (widths + b)     # (16,) for p = 1..16
+        fillers = pos.fillers() if isinstance(pos, Positions) else filler_counts(gaps_of(pos))
+        bits = (pos.size + fillers[1:]) * (widths + b)                          # (16,) for p = 1..16
         p = int(widths[np.argmin(bits)])                                        # the first (narrowest) minimum
         return {f"relative-{p}bit": int(bits[p - 1])}
 
@@ -220,6 +221,55 @@ CORE_LAYOUTS: tuple[Layout, ...] = (Dense(), Bitmask(), Relative())
 def nonzero_positions(values: torch.Tensor) -> np.ndarray:
     """Flat positions (z,) of the non-zero values, ascending."""
     return np.flatnonzero(values.detach().reshape(-1).cpu().numpy() != 0)
+
+
+class Positions:
+    """The non-zero positions of a tensor as the layout search needs them, found in chunks of
+    :attr:`CHUNK` values: their number (``size``) and the histogram of the gaps between them, so
+    pricing a 38 M-value embedding holds a few MB, not an int64 array per position and its
+    differences (about 17 bytes a value). The array itself comes on request (N:M, packing).
+
+    >>> p = Positions(torch.tensor([1.] + [0.] * 8 + [2.]))
+    >>> p.size, p.fillers()[3].item(), p.array().tolist()
+    (2, 1, [0, 9])
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values.detach().reshape(-1).cpu()
+        hist = np.zeros(1 << MAX_INDEX_BITS, dtype=np.int64)
+        big: list[np.ndarray] = []
+        last, count = -1, 0
+        for start in range(0, self.values.numel(), self.CHUNK):
+            pos = np.flatnonzero((self.values[start:start + self.CHUNK] != 0).numpy()) + start
+            if not pos.size:
+                continue
+            gaps = np.diff(pos, prepend=last) - 1
+            small = gaps < hist.size
+            hist += np.bincount(gaps[small], minlength=hist.size)
+            if not small.all():
+                big.append(gaps[~small])
+            last, count = int(pos[-1]), count + int(pos.size)
+        self.size = count
+        self._hist = hist
+        self._big = np.concatenate(big) if big else np.zeros(0, dtype=np.int64)
+
+    def fillers(self) -> np.ndarray:
+        """:func:`filler_counts` of the gaps: (17,) int64."""
+        values = np.arange(self._hist.size)
+        out = np.array([int(self._hist @ (values >> p)) for p in range(MAX_INDEX_BITS + 1)], dtype=np.int64)
+        if self._big.size:
+            out += np.array([int((self._big >> p).sum()) for p in range(MAX_INDEX_BITS + 1)], dtype=np.int64)
+        return out
+
+    def array(self) -> np.ndarray:
+        return nonzero_positions(self.values)
+
+
+def positions_array(pos: "np.ndarray | Positions") -> np.ndarray:
+    """The flat positions as an array, from either form."""
+    return pos.array() if isinstance(pos, Positions) else pos
 
 
 def layout_options(t: StoredTensor, pos: np.ndarray | None = None) -> dict[str, tuple[Layout, int]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pet_core.encoding import StoredTensor, choose_layout, nonzero_positions
+from pet_core.encoding import Positions, StoredTensor, choose_layout
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TensorSize:
 
 def tensor_size(t: StoredTensor) -> TensorSize:
     """Bytes of one stored tensor in the smallest of its layouts (one pass finds the non-zeros)."""
-    pos = nonzero_positions(t.values)                                       # (z,)
+    pos = Positions(t.values)                                               # count and gap histogram
     encoding, bits = choose_layout(t, pos)
     return TensorSize(t.name, t.values.numel(), int(pos.size), t.value_bits, t.value_format, encoding,
                       (bits + t.overhead_bits + 7) // 8)

@@ -27,17 +27,6 @@ from pet_core.packed.tensor_blob import huffman_tensor_bytes
 from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
-def narrow_codes(codes: torch.Tensor | None, bits: int) -> torch.Tensor | None:
-    """What a session keeps of a layer's codes (a quarter of the weight's bytes at int4, not a whole
-    copy): integer codes of ``bits`` bits (signed symmetric, unsigned asymmetric, or codebook indices
-    below 2^bits) in int8 up to 7 bits and int16 up to 15, else as they are."""
-    if codes is None or codes.dtype not in (torch.int32, torch.int64):
-        return codes
-    if bits <= 7:
-        return codes.to(torch.int8)
-    return codes.to(torch.int16) if bits <= 15 else codes
-
-
 HUFFMAN_EAGER_WEIGHTS = 20_000_000   # above this, report() leaves the Huffman size to export or a request
 
 MEASURE_NOTES = {
@@ -145,14 +134,27 @@ class Workbench:
 
     def _write(self, name: str, spec: LayerSpec, threshold: float | None) -> None:
         weight, bias = self._base[name]
-        result = None if spec.is_identity else compress_layer(weight, bias, spec, threshold)
+        target = self.layers[name]
+        if not spec.is_identity and target.parameter.numel() >= 1 << 20:
+            # a big layer's weight is replaced, not updated: let the old one go before the new one is
+            # made (the working copy holds no weight here for a moment; apply is not concurrent)
+            self._results[name] = None
+            target.parameter.data = target.parameter.data.new_zeros(1).expand(target.parameter.shape)
+        try:
+            result = None if spec.is_identity else compress_layer(weight, bias, spec, threshold)
+        except BaseException:
+            if target.parameter.stride() != target.parameter.data.contiguous().stride():
+                target.write(weight.clone(), bias, adopt=True)       # the baseline again, as its key says
+                self._results[name], self._keys[name] = None, (LayerSpec(), None)
+            raise
         if result is None:
             self.layers[name].write(weight, bias)
         else:   # the working copy takes the result's weight as it is: one copy of it, not two
             owned = result.weight.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr()
             self.layers[name].write(result.weight, result.bias, adopt=owned)
-            result = replace(result, tensors=[replace(t, codes=narrow_codes(t.codes, t.value_bits))
-                                              for t in result.tensors])
+            # codes are not kept: a quarter of the weight's bytes or more, needed only to write the
+            # packed file or price its Huffman coding; coded_tensors() recomputes them then
+            result = replace(result, tensors=[replace(t, codes=None) for t in result.tensors])
         self._results[name] = result
         self._sizes.pop(name, None)
         self._huffman.pop(name, None)
@@ -168,6 +170,15 @@ class Workbench:
         """The tensors a layer's weight is stored as (the fp32 weight itself when unchanged)."""
         result = self._results[name]
         return result.tensors if result else [StoredTensor("weight", self.layers[name].weight, 32)]
+
+    def coded_tensors(self, name: str) -> list[StoredTensor]:
+        """The stored tensors with their integer codes, for packing and Huffman pricing: the layer is
+        compressed again from the baseline (pure and deterministic: the very same values)."""
+        result = self._results[name]
+        if result is None or all(t.coding is None or t.codes is not None for t in result.tensors):
+            return self.stored_tensors(name)
+        weight, bias = self._base[name]
+        return compress_layer(weight, bias, self.specs[name], self._keys[name][1]).tensors
 
     def baseline_weight(self, name: str) -> torch.Tensor:
         return self._base[name][0]
@@ -238,7 +249,7 @@ class Workbench:
                 total += row.size_bytes
                 continue
             if row.name not in self._huffman:
-                stored = zip(self.stored_tensors(row.name), row.tensors)   # row.tensors: the chosen layouts
+                stored = zip(self.coded_tensors(row.name), row.tensors)   # row.tensors: the chosen layouts
                 coded = sum(huffman_tensor_bytes(t, size.encoding) for t, size in stored)
                 self._huffman[row.name] = coded + row.other_bytes
             total += self._huffman[row.name]

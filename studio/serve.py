@@ -19,6 +19,7 @@ from pathlib import Path
 
 from streamlit.web import cli
 
+from pet_core.memory import release_freed_memory
 from pet_core.model_io import env_trusts_code
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -86,6 +87,7 @@ def main() -> int:
         PagesManager.uses_pages_directory = False
     except ImportError:  # a Streamlit without the flag needs nothing
         pass
+    release_freed_memory()        # the server holds every session's workbench
     args = sys.argv[1:]
     warning = exposure_warning(bound_address(args, dict(os.environ)), env_trusts_code())
     if warning:

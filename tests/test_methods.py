@@ -16,7 +16,7 @@ from pet_core.methods.channel import ChannelConfig, channel_norms, channel_prune
 from pet_core.methods.low_rank import LowRankConfig, as_matrix, low_rank, rank_for_energy
 from pet_core.methods.magnitude import MagnitudeConfig, SortedScores, count_to_prune, keep_mask
 from pet_core.methods.magnitude import magnitude_prune, magnitude_scores, threshold_for_sparsity
-from pet_core.methods.quantize import QuantizeConfig, quantize
+from pet_core.methods.quantize import QuantizeConfig, code_dtype, quantize
 from pet_core.methods.share import ShareConfig, kmeans_1d, share
 
 SPARSITIES = [0.0, 0.3, 0.5, 0.9, 0.99, 1.0]
@@ -174,7 +174,7 @@ def test_quantize_error_levels_and_codes(bits, scheme, granularity, masked):
     q = quantize(w, QuantizeConfig(bits=bits, scheme=scheme, granularity=granularity), mask if masked else None)
     assert torch.equal(w, before)
     assert q.values.shape == w.shape and q.values.dtype == w.dtype
-    assert q.codes.dtype == torch.int32 and q.bits == bits
+    assert q.codes.dtype == code_dtype(bits) and q.bits == bits      # the narrowest integer type
     n_groups = 1 if granularity == "per_tensor" else 8
     assert q.scale.shape == q.step.shape == (n_groups,)
     assert (q.offset is None) == (scheme == "symmetric")

@@ -263,7 +263,9 @@ def test_a_session_holds_one_copy_of_each_compressed_weight_and_the_baseline_sta
         stored = wb.result(name).tensors[0]
         assert stored.values.untyped_storage().data_ptr() == t.parameter.untyped_storage().data_ptr(), name
         assert stored.values.is_contiguous()                  # Conv1D's parameter is a transposed view of it
-        assert stored.codes.dtype == torch.int8               # int4 codes kept in a byte, not an int32
+        assert stored.codes is None                           # codes are not kept; packing recomputes them
+        coded = wb.coded_tensors(name)[0]
+        assert torch.equal(coded.values, stored.values) and coded.codes.shape == stored.values.shape
     wb.apply(Recipe(default={"prune": {"sparsity": 0.7}}))   # rewrite every layer again
     wb.apply(Recipe())                                        # and back to the baseline
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())        # the baseline untouched

@@ -96,7 +96,9 @@ def _run_in_worker(task: str, kwargs: dict[str, Any], folder: str, time_cap_s: f
 
     from pet_core.jobs.context import JobContext, JobStopped
     from pet_core.jobs.tasks import TASKS, _one_line
+    from pet_core.memory import release_freed_memory
 
+    release_freed_memory()
     torch.set_num_threads(max(1, threads))
     try:
         os.nice(JOB_NICENESS)     # a job yields the CPU to the sessions' sliders

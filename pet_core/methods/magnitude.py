@@ -157,6 +157,32 @@ def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
     return masks
 
 
+def weight_cut_masks(weights: list[Tensor], cut: Cut) -> list[Tensor]:
+    """:func:`cut_masks` of the weights' magnitudes, without making them: ``|w| > v`` is
+    ``w > v or w < -v`` (NaN neither), ``|w| == v`` is ``w == v or w == -v``.
+
+    >>> weight_cut_masks([torch.tensor([-1.0, 2.0, 1.0, -3.0])], Cut(1.0, ties=1))
+    [tensor([False,  True,  True,  True])]
+    """
+    masks, left = [], cut.ties
+    for w in weights:
+        w = w.detach()
+        if left <= 0:                    # no equal weight is pruned here: keep |w| >= v, one mask
+            masks.append((w >= cut.value).logical_or_(w <= -cut.value))
+            continue
+        keep = (w > cut.value).logical_or_(w < -cut.value)
+        equal = (w == cut.value).logical_or_(w == -cut.value)
+        n_equal = int(torch.count_nonzero(equal))
+        if left < n_equal:                                  # some equal weights stay: the later ones
+            where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]
+            keep = keep.contiguous()
+            keep.view(-1)[where] = True
+        left = max(0, left - n_equal)
+        del equal
+        masks.append(keep)
+    return masks
+
+
 class SortedScores(ScoreIndex):
     """The former global-threshold structure's name and API: one member per tensor, and
     ``threshold(sparsity)``, the ``count_to_prune(n, sparsity)``-th smallest score. It no longer sorts.
@@ -203,6 +229,8 @@ class Magnitude(PruneMethod):
 
     def masks(self, stored: list[Tensor], weight: Tensor, cfg: MagnitudeConfig, threshold: Any) -> Pruned:
         """``threshold``: the layer's ``Cut`` in its global group, or a plain float (prune |w| <= it)."""
+        if cfg.threshold is None and cfg.scope == "global" and isinstance(threshold, Cut):
+            return Pruned(weight_cut_masks(stored, threshold), threshold.value)   # the slider's path: no |w| copy
         scores = [magnitude_scores(t) for t in stored]
         if cfg.threshold is not None:
             return Pruned([keep_mask(s, cfg.threshold) for s in scores], cfg.threshold)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from pet_core.errors import PetError
-from pet_core.encoding import Index, Layout
+from pet_core.encoding import Index, Layout, positions_array
 from pet_core.fields import spec_field
 from pet_core.methods.base import Pruned, PruneMethod, StepConfig
 from pet_core.methods.magnitude import magnitude_scores
@@ -86,6 +86,7 @@ class NMLayout(Layout):
         return rows, length, -(-length // m)
 
     def options(self, pos: np.ndarray, shape: tuple[int, ...], b: int) -> dict[str, int]:
+        pos = positions_array(pos)
         rows, length, groups = self._groups(shape, self.m)
         present = np.zeros((rows, groups * self.m), dtype=np.int64)
         present.reshape(-1)[(pos // length) * groups * self.m + pos % length] = 1

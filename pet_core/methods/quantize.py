@@ -2,7 +2,7 @@
 
 Ranges come from the KEPT weights only, so zeros left by pruning do not widen the
 range and waste levels; pruned positions come out exactly 0 (code 0).
-Codes are int32 so that 16-bit quantization fits as well.
+Codes are the narrowest integer type their width fits (int8 to 7 bits, int16 to 15, int32 for 16).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Quantized:
     """Result of ``quantize``: dequantized values plus everything needed to store them."""
 
     values: Tensor  # dequantized weights, same shape/dtype as input; pruned positions exactly 0
-    codes: Tensor  # int32 codes, same shape; 0 at pruned positions
+    codes: Tensor  # integer codes (code_dtype(bits)), same shape; 0 at pruned positions
     scale: Tensor  # (groups,) float32
     offset: Tensor | None  # (groups,) float32 group minimum for asymmetric, None for symmetric
     step: Tensor  # (groups,) float32 distance between adjacent levels
@@ -86,7 +86,7 @@ def _symmetric(g: Tensor, bits: int, absmax: Tensor) -> tuple[Tensor, Tensor, Te
     """Return (codes, scale, step) for symmetric quantization of groups ``g`` (groups, n)."""
     if bits == 1:
         # two levels +-absmax/2 (no zero level): the sign picks the level
-        codes = torch.where(g >= 0, 1, -1).to(torch.int32)
+        codes = torch.where(g >= 0, 1, -1).to(torch.int8)
         scale = absmax / 2
         return codes, scale, absmax
     qmax = 2 ** (bits - 1) - 1
@@ -104,6 +104,33 @@ def _asymmetric(g: Tensor, bits: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return codes, scale
 
 
+MASK_CHUNK = 1 << 20   # elements multiplied by a bool mask at once: its cast to the value type is this big
+
+
+def times_mask(x: Tensor, keep: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x * keep`` (a kept value times 1, a pruned one times 0: ±0.0 as the multiply gives), in
+    chunks: torch casts the bool mask to ``x``'s type in a temporary, which for a 38 M-value
+    embedding would be one more full copy.
+
+    >>> times_mask(torch.tensor([-2.0, 3.0]), torch.tensor([False, True]))
+    tensor([-0., 3.])
+    """
+    out = torch.empty_like(x) if out is None else out
+    flat_x, flat_k, flat_o = x.reshape(-1), keep.reshape(-1), out.view(-1)
+    for i in range(0, flat_x.numel(), MASK_CHUNK):
+        torch.mul(flat_x[i:i + MASK_CHUNK], flat_k[i:i + MASK_CHUNK], out=flat_o[i:i + MASK_CHUNK])
+    return out
+
+
+def code_dtype(bits: int) -> torch.dtype:
+    """The narrowest integer type for ``bits``-bit codes (signed symmetric, or unsigned up to 2^bits - 1).
+
+    >>> code_dtype(4), code_dtype(8), code_dtype(16)
+    (torch.int8, torch.int16, torch.int32)
+    """
+    return torch.int8 if bits <= 7 else torch.int16 if bits <= 15 else torch.int32
+
+
 def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quantized:
     """Quantize ``w`` uniformly; ``mask`` (bool, w's shape) marks kept weights.
 
@@ -113,7 +140,7 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
 
     >>> q = quantize(torch.tensor([[-1.0, 0.5, 1.0]]), QuantizeConfig(bits=2))
     >>> q.codes, q.values
-    (tensor([[-1,  0,  1]], dtype=torch.int32), tensor([[-1.,  0.,  1.]]))
+    (tensor([[-1,  0,  1]], dtype=torch.int8), tensor([[-1.,  0.,  1.]]))
     """
     if mask is not None and mask.shape != w.shape:
         raise PetError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(w.shape)}")
@@ -121,7 +148,6 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
     view = as_groups(w.detach().to(cdt), cfg.granularity)                       # (groups, n)
     g = view.contiguous()
     keep = None if mask is None else as_groups(mask.bool(), cfg.granularity)   # (groups, n)
-    fmask = None if keep is None else keep.to(cdt)                             # 1.0 kept, 0.0 pruned
 
     offset = None
     if cfg.scheme == "symmetric" and cfg.bits == 1:
@@ -130,11 +156,11 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
         values = codes.to(cdt) * scale[:, None]
     elif cfg.scheme == "symmetric":
         qmax = 2 ** (cfg.bits - 1) - 1
-        q = g if fmask is None else g * fmask               # kept values, pruned ones ±0: the same max |w|
+        q = g if keep is None else times_mask(g, keep)      # kept values, pruned ones ±0: the same max |w|
         absmax = torch.maximum(q.amin(dim=1).abs_(), q.amax(dim=1).abs_())                # (groups,)
         scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))          # (groups,)
         q = torch.div(g, scale[:, None], out=None if q is g else q).round_().clamp_(-qmax, qmax)  # codes, as floats
-        codes = q.to(torch.int32)
+        codes = q.to(code_dtype(cfg.bits))
         values = q.add_(0.0).mul_(scale[:, None])         # + 0.0: a code of -0.0 scales to +0.0, as int 0 does
         step = scale
     else:
@@ -144,13 +170,13 @@ def quantize(w: Tensor, cfg: QuantizeConfig, mask: Tensor | None = None) -> Quan
         span = hi - lo
         scale = torch.where(span > 0, span / levels, torch.ones_like(span))       # (groups,)
         q = (g - lo[:, None]).div_(scale[:, None]).round_().clamp_(0, levels)
-        codes = q.to(torch.int32)
+        codes = q.to(code_dtype(cfg.bits))
         values = q.add_(0.0).mul_(scale[:, None]).add_(lo[:, None])               # lo + code * scale
         step, offset = scale, lo.to(torch.float32)
 
     if keep is not None:             # pruned positions: code 0 and value exactly 0 (value * 0.0, as before)
-        codes.mul_(keep)
-        values.mul_(fmask)
+        times_mask(codes, keep, out=codes)
+        times_mask(values, keep, out=values)
     return Quantized(
         values=values.reshape(w.shape).to(w.dtype),
         codes=codes.reshape(w.shape),

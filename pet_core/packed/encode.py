@@ -39,7 +39,7 @@ def _layer_parts(wb: Workbench, layer: str, weight: torch.Tensor, huffman: bool,
     (the canonical (out, in, ...) layout)."""
     result = wb.result(layer)
     parts, decoded = [], []
-    for t in wb.stored_tensors(layer):
+    for t in wb.coded_tensors(layer):
         blob, meta = encode_tensor(t, huffman)
         decoded.append(decode_tensor(blob, meta))
         parts.append(dict(meta, blob=len(blobs)))
