@@ -48,6 +48,8 @@ def show(where, metric: Metric, now: float | None, before: float | None = None, 
          suffix: str = "", help: str | None = None) -> None:
     """One ``st.metric`` for the task's metric in ``where`` (a column or ``st``)."""
     delta = change(metric, now, before)
-    where.metric(label or title(metric), metric.format(now), None if delta is None else delta + suffix,
+    shown = "—" if now is None else metric.format(now)      # "not measured" is in the label: a column is narrow
+    name = label or title(metric)
+    where.metric(f"{name} (not measured)" if now is None else name, shown, None if delta is None else delta + suffix,
                  delta_color="normal" if metric.higher_is_better else "inverse",
                  help=NOT_MEASURED_HELP if now is None else help or f"{metric.label}, measured")
