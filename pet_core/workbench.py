@@ -2,7 +2,7 @@
 
 Applying a recipe resolves it to one ``LayerSpec`` per layer and recomputes only the layers whose
 spec (or, in global scope, whose global threshold) changed, writing into the working copy in
-place. Global thresholds come from scores sorted once. Evaluation reuses tensors kept in memory.
+place. Global thresholds come from scores indexed once. Evaluation reuses tensors kept in memory.
 This is what makes a slider move cost milliseconds rather than a deepcopy.
 """
 

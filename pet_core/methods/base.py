@@ -191,8 +191,9 @@ class PruneMethod(Method):
         """The scores a global threshold is chosen from (only for methods with a ``global_key``)."""
         raise NotImplementedError
 
-    def threshold(self, scores: Any, cfg: Any) -> float:
-        """The shared threshold of a global group from its sorted scores."""
+    def threshold(self, scores: Any, cfg: Any) -> Any:
+        """The cut of each member of a global group (hashable; equal when nothing changed), from the
+        group's index of scores: a list, one per member, in the group's order."""
         raise NotImplementedError
 
     def layouts(self, cfg: Any) -> tuple:
