@@ -14,6 +14,7 @@ Pure: inputs are never modified; the caller writes ``LayerResult.weight`` into i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ class LayerResult:
     singular_values: torch.Tensor | None = None
     threshold: float | None = None     # magnitude threshold (weights) or norm threshold (channels) used
     levels: list[float] | None = None  # quantisation levels or k-means centroids, to draw on histograms
+    cut: Any = None                    # the global group's cut given (a magnitude Cut: value and ties)
 
 
 def factor_product(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def prune_scores(weight: torch.Tensor, spec: LayerSpec) -> list[torch.Tensor]:
 
 
 def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec,
-                   global_threshold: float | None = None) -> LayerResult:
+                   global_threshold: Any = None) -> LayerResult:
     """Compress one layer's weight (and, for channel pruning, its bias) by ``spec``.
 
     Args:
@@ -120,5 +122,5 @@ def compress_layer(weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerS
             weight=effective.to(weight.dtype), bias=new_bias, tensors=tensors,
             rank=None if factored is None else factored.rank,
             singular_values=None if factored is None else factored.singular_values,
-            threshold=threshold, levels=levels if factored is None else None,
+            threshold=threshold, levels=levels if factored is None else None, cut=global_threshold,
         )

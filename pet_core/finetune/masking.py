@@ -43,7 +43,8 @@ def post_training_masks(base: dict[str, tuple[Tensor, Tensor | None]], specs: di
         weight, _ = base[name]
         method, cfg = prune
         # the workbench's threshold (global groups included) with the layer's own weights
-        masks[name] = method.masks([weight], weight, cfg, results[name].threshold).masks[0]
+        used = results[name].cut if results[name].cut is not None else results[name].threshold
+        masks[name] = method.masks([weight], weight, cfg, used).masks[0]     # a global Cut: its ties too
     return masks
 
 
