@@ -85,6 +85,33 @@ def _row(name: str, ours: list[float], base: list[float], desc: str, goal: str |
                   baseline_desc=desc, goals=goals, notes=notes, reps=len(ours), group="gpt2_scale")
 
 
+class PeakRSS:
+    """The resident set before a block and its peak during it (``/proc/self/statm``, every 2 ms)."""
+
+    PAGE = 4096
+
+    @classmethod
+    def rss(cls) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * cls.PAGE
+
+    def __enter__(self) -> "PeakRSS":
+        self.before = self.peak = self.rss()
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._sample)
+        self._watcher.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._watcher.join()
+
+
 def memory_probe() -> dict:
     """In this (fresh) process: baseline + working copy, then the peak resident bytes while the
     global index is built and asked for 7 sparsities, over the model's fp32 bytes."""
@@ -97,29 +124,13 @@ def memory_probe() -> dict:
     ws = _weights(model)
     weight_bytes = sum(w.numel() * 4 for w in ws)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    page = 4096
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
     gc.collect()
-    before, peak, done = rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=sample)
-    watcher.start()
-    index = ScoreIndex([[w] for w in ws])
-    for s in NEW_SPARSITIES:
-        global_cuts(index, s)
-    done.set()
-    watcher.join()
+    with PeakRSS() as rss:
+        index = ScoreIndex([[w] for w in ws])
+        for s in NEW_SPARSITIES:
+            global_cuts(index, s)
     del work
-    return dict(before=before, peak=peak[0], extra=peak[0] - before, index=index.nbytes,
+    return dict(before=rss.before, peak=rss.peak, extra=rss.peak - rss.before, index=index.nbytes,
                 weight_bytes=weight_bytes, model_bytes=model_bytes)
 
 
@@ -137,31 +148,15 @@ def session_memory_probe() -> dict:
     import transformers              # the model code is imported once per process, not per session
 
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=10))
-    page = 4096
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
     gc.collect()
-    before, peak, done = rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=sample)
-    watcher.start()
-    model = gpt2()
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    wb = Workbench(model)
-    for sparsity in (0.5, 0.6):
-        wb.apply(Recipe(default={"prune": {"sparsity": sparsity}, "quantize": INT4}))
-        wb.report()
-    done.set()
-    watcher.join()
-    return dict(before=before, peak=peak[0], extra=peak[0] - before, model_bytes=model_bytes)
+    with PeakRSS() as rss:
+        model = gpt2()
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        wb = Workbench(model)
+        for sparsity in (0.5, 0.6):
+            wb.apply(Recipe(default={"prune": {"sparsity": sparsity}, "quantize": INT4}))
+            wb.report()
+    return dict(before=rss.before, peak=rss.peak, extra=rss.peak - rss.before, model_bytes=model_bytes)
 
 
 def bench_gpt2_scale(ctx: Context) -> list[Result]:

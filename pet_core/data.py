@@ -25,7 +25,7 @@ from pet_core.errors import PetError
 from pet_core.npz import max_dataset_bytes, read_npz
 from pet_core.splits import check_labels as _check_labels
 from pet_core.splits import fingerprint as _fingerprint
-from pet_core.splits import stratified_split as _stratified_split
+from pet_core.splits import given_or_split, stratified_split as _stratified_split
 
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -238,17 +238,9 @@ def _load_npz(path: Path) -> Dataset:
         raise PetError(f"{path.name}: array 'x' must be numeric, found dtype {x.dtype}")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise PetError(f"{path.name}: give both 'x_test' and 'y_test' or neither; found keys {shown(found)}")
-    if "x_test" in arrays:
-        x_te, y_te = _to_nchw(arrays["x_test"], path, "x_test"), _check_labels(arrays["y_test"], path, "y_test")
-        if len(x_te) != len(y_te):
-            raise PetError(f"{path.name}: x_test has {len(x_te)} samples but y_test has {len(y_te)} labels")
-        if x_te.shape[1:] != x.shape[1:]:
-            raise PetError(f"{path.name}: x_test samples have shape {x_te.shape[1:]} but x has {x.shape[1:]}")
-        x_tr, y_tr = x, y
-    else:
-        if len(x) < 4:
-            raise PetError(f"{path.name}: only {len(x)} samples; need at least 4 to split train/test")
-        x_tr, x_te, y_tr, y_te = _stratified_split(x, y)
+    test = None if "x_test" not in arrays else (_to_nchw(arrays["x_test"], path, "x_test"),
+                                                _check_labels(arrays["y_test"], path, "y_test"))
+    x_tr, x_te, y_tr, y_te = given_or_split(x, y, test, path.name, "samples")
     fp = _fingerprint(x_tr, y_tr, x_te, y_te)
     return _make_dataset(path.stem, x_tr, y_tr, x_te, y_te, fp)
 

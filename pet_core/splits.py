@@ -49,3 +49,19 @@ def check_labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 __all__ = ["check_labels", "fingerprint", "stratified_split"]
+
+
+def given_or_split(x: np.ndarray, y: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None, where: str,
+                   unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, x_test, y_train, y_test): the file's own test split, checked against the training
+    one, or a stratified 75/25 split of at least 4 ``unit`` ("samples", "sequences")."""
+    if test is None:
+        if len(x) < 4:
+            raise PetError(f"{where}: only {len(x)} {unit}; need at least 4 to split train/test")
+        return stratified_split(x, y)
+    x_te, y_te = test
+    if len(x_te) != len(y_te):
+        raise PetError(f"{where}: x_test has {len(x_te)} {unit} but y_test has {len(y_te)} labels")
+    if x_te.shape[1:] != x.shape[1:]:
+        raise PetError(f"{where}: x_test {unit} have shape {x_te.shape[1:]} but x has {x.shape[1:]}")
+    return x, x_te, y, y_te

@@ -23,7 +23,7 @@ import torch
 from pet_core.bounded import shown
 from pet_core.errors import PetError
 from pet_core.npz import max_dataset_bytes, read_npz
-from pet_core.splits import check_labels, fingerprint, stratified_split
+from pet_core.splits import check_labels, fingerprint, given_or_split
 
 TOKEN_TASKS = ("sequence_classification", "causal_lm")
 MAX_BLOCK_TOKENS = 128     # longer blocks cost (L x vocab) logits each and say little more about a model
@@ -107,18 +107,9 @@ def _classification_dataset(path: Path, arrays: dict, found: list, vocab_size, m
         raise PetError(f"{where}: x has {len(x)} sequences but y has {len(y)} labels")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise PetError(f"{where}: give both 'x_test' and 'y_test' or neither; found keys {shown(found)}")
-    if "x_test" in arrays:
-        x_te, y_te = _token_ids(arrays["x_test"], 2, where, "x_test", vocab_size), check_labels(
-            arrays["y_test"], path, "y_test")
-        if len(x_te) != len(y_te):
-            raise PetError(f"{where}: x_test has {len(x_te)} sequences but y_test has {len(y_te)} labels")
-        if x_te.shape[1] != x.shape[1]:
-            raise PetError(f"{where}: x_test sequences have {x_te.shape[1]} tokens but x has {x.shape[1]}")
-        x_tr, y_tr = x, y
-    else:
-        if len(x) < 4:
-            raise PetError(f"{where}: only {len(x)} sequences; need at least 4 to split train/test")
-        x_tr, x_te, y_tr, y_te = stratified_split(x, y)
+    test = None if "x_test" not in arrays else (_token_ids(arrays["x_test"], 2, where, "x_test", vocab_size),
+                                                check_labels(arrays["y_test"], path, "y_test"))
+    x_tr, x_te, y_tr, y_te = given_or_split(x, y, test, where, "sequences")
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     fp = fingerprint(_tag("sequence_classification", 0), x_tr, y_tr, x_te, y_te)
     return _fields(path.stem, x_tr, y_tr, x_te, y_te, num_classes, fp, "sequence_classification")
