@@ -9,7 +9,9 @@ This is what makes a slider move cost milliseconds rather than a deepcopy.
 from __future__ import annotations
 
 import copy
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from collections import OrderedDict
 from typing import Any
@@ -27,6 +29,7 @@ from pet_core.packed.tensor_blob import huffman_tensor_bytes
 from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
+PARALLEL_SIZES_WEIGHTS = 4_000_000  # sizing this many rewritten weights is worth a few threads
 HUFFMAN_EAGER_WEIGHTS = 20_000_000   # above this, report() leaves the Huffman size to export or a request
 
 MEASURE_NOTES = {
@@ -229,7 +232,12 @@ class Workbench:
 
     def sizes(self) -> list[LayerSize]:
         """One size row per compressible tensor (with its bias) and per module with other tensors;
-        recomputed only for layers rewritten since the last call."""
+        recomputed only for layers rewritten since the last call, several layers at once when there
+        is much to do (the layout search is mostly numpy, one core per call)."""
+        missing = [n for n in self.names if n not in self._sizes]
+        if len(missing) > 1 and sum(self.layers[n].weight.numel() for n in missing) >= PARALLEL_SIZES_WEIGHTS:
+            with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+                list(pool.map(self._layer_size, missing))      # each fills its own entry of _sizes
         return [self._layer_size(item) if kind == "layer" else item for kind, item in self._table()]
 
     @staticmethod

@@ -281,3 +281,17 @@ def test_the_huffman_size_is_computed_on_request():
     assert wb.report(huffman=False)["compressed"]["size_bytes_huffman"] is None
     asked = wb.report(huffman=True)["compressed"]["size_bytes_huffman"]
     assert asked == wb.size_bytes_huffman() == wb.report()["compressed"]["size_bytes_huffman"]   # small: eager
+
+
+def test_sizes_computed_in_threads_equal_the_serial_ones(monkeypatch):
+    import pet_core.workbench as workbench
+
+    model, _ = _gpt2()
+    serial, threaded = Workbench(model), Workbench(model)
+    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 0)          # every rewrite sized in threads
+    for wb in (serial, threaded):
+        wb.apply(Recipe(default=RECIPE))
+    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 1 << 62)
+    want = [r.as_dict() for r in serial.sizes()]
+    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 0)
+    assert [r.as_dict() for r in threaded.sizes()] == want
