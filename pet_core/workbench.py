@@ -29,7 +29,7 @@ from pet_core.packed.tensor_blob import huffman_tensor_bytes
 from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
-PARALLEL_SIZES_WEIGHTS = 4_000_000  # sizing this many rewritten weights is worth a few threads
+PARALLEL_SIZES_WEIGHTS = 4_000_000  # rewriting or sizing this many weights is worth a few threads
 HUFFMAN_EAGER_WEIGHTS = 20_000_000   # above this, report() leaves the Huffman size to export or a request
 
 MEASURE_NOTES = {
@@ -94,14 +94,21 @@ class Workbench:
         start = time.perf_counter()
         specs = resolve(recipe.default, recipe.layers, self.names)
         thresholds = self._global_thresholds(specs)
-        changed = []
-        for name, spec in specs.items():
-            key = (spec, thresholds.get(name))
-            if key == self._keys[name]:
-                continue
-            self._write(name, spec, thresholds.get(name))
+        todo = [(name, spec, (spec, thresholds.get(name))) for name, spec in specs.items()
+                if (spec, thresholds.get(name)) != self._keys[name]]
+
+        def write(item: tuple) -> None:
+            name, spec, key = item
+            self._write(name, spec, key[1])
             self._keys[name] = key
-            changed.append(name)
+
+        if len(todo) > 1 and sum(self.layers[n].weight.numel() for n, _, _ in todo) >= PARALLEL_SIZES_WEIGHTS:
+            with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:   # layers are independent
+                list(pool.map(write, todo))
+        else:
+            for item in todo:
+                write(item)
+        changed = [name for name, _, _ in todo]
         self.recipe, self.specs = recipe, specs
         self.last_apply_ms = (time.perf_counter() - start) * 1e3
         return changed

@@ -283,15 +283,16 @@ def test_the_huffman_size_is_computed_on_request():
     assert asked == wb.size_bytes_huffman() == wb.report()["compressed"]["size_bytes_huffman"]   # small: eager
 
 
-def test_sizes_computed_in_threads_equal_the_serial_ones(monkeypatch):
+def test_layers_rewritten_and_sized_in_threads_equal_the_serial_ones(monkeypatch):
     import pet_core.workbench as workbench
 
     model, _ = _gpt2()
     serial, threaded = Workbench(model), Workbench(model)
-    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 0)          # every rewrite sized in threads
-    for wb in (serial, threaded):
-        wb.apply(Recipe(default=RECIPE))
     monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 1 << 62)
+    serial.apply(Recipe(default=RECIPE))
     want = [r.as_dict() for r in serial.sizes()]
-    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 0)
+    monkeypatch.setattr(workbench, "PARALLEL_SIZES_WEIGHTS", 0)          # every rewrite and size in threads
+    assert threaded.apply(Recipe(default=RECIPE)) == serial.names
     assert [r.as_dict() for r in threaded.sizes()] == want
+    ours, theirs = serial.model.state_dict(), threaded.model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
