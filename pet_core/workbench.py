@@ -30,6 +30,7 @@ from pet_core.size import LayerSize, layer_size, model_bytes, plain_size
 from pet_core.steps import LayerSpec, resolve
 
 PARALLEL_SIZES_WEIGHTS = 4_000_000  # rewriting or sizing this many weights is worth a few threads
+ALONE_WEIGHTS = 8_000_000           # a layer this big is rewritten on its own (its transients are big)
 HUFFMAN_EAGER_WEIGHTS = 20_000_000   # above this, report() leaves the Huffman size to export or a request
 
 MEASURE_NOTES = {
@@ -102,11 +103,17 @@ class Workbench:
             self._write(name, spec, key[1])
             self._keys[name] = key
 
-        if len(todo) > 1 and sum(self.layers[n].weight.numel() for n, _, _ in todo) >= PARALLEL_SIZES_WEIGHTS:
-            with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:   # layers are independent
-                list(pool.map(write, todo))
+        # layers are independent: many big ones are rewritten two at a time, except a huge one (an
+        # embedding), done alone so that two sets of its transients never meet
+        alone = [item for item in todo if self.layers[item[0]].weight.numel() >= ALONE_WEIGHTS]
+        rest = [item for item in todo if self.layers[item[0]].weight.numel() < ALONE_WEIGHTS]
+        for item in alone:
+            write(item)
+        if len(rest) > 1 and sum(self.layers[n].weight.numel() for n, _, _ in rest) >= PARALLEL_SIZES_WEIGHTS:
+            with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
+                list(pool.map(write, rest))
         else:
-            for item in todo:
+            for item in rest:
                 write(item)
         changed = [name for name, _, _ in todo]
         self.recipe, self.specs = recipe, specs
