@@ -168,12 +168,15 @@ def filler_counts(gaps: np.ndarray) -> np.ndarray:
     >>> filler_counts(np.array([0, 8, 70000]))[[1, 3, 16]].tolist()
     [35004, 8751, 1]
     """
-    widths = np.arange(MAX_INDEX_BITS + 1)
     small = gaps < (1 << MAX_INDEX_BITS)
     if small.all():
-        hist, big = np.bincount(gaps), gaps[:0]
-    else:
-        hist, big = np.bincount(gaps[small]), gaps[~small]
+        return fillers_of(np.bincount(gaps), gaps[:0])
+    return fillers_of(np.bincount(gaps[small]), gaps[~small])
+
+
+def fillers_of(hist: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """:func:`filler_counts` from a histogram of the gaps below 2^16 and the larger gaps themselves."""
+    widths = np.arange(MAX_INDEX_BITS + 1)
     values = np.arange(hist.size)
     out = np.array([int(hist @ (values >> p)) for p in widths], dtype=np.int64)
     if big.size:
@@ -257,11 +260,7 @@ class Positions:
 
     def fillers(self) -> np.ndarray:
         """:func:`filler_counts` of the gaps: (17,) int64."""
-        values = np.arange(self._hist.size)
-        out = np.array([int(self._hist @ (values >> p)) for p in range(MAX_INDEX_BITS + 1)], dtype=np.int64)
-        if self._big.size:
-            out += np.array([int((self._big >> p).sum()) for p in range(MAX_INDEX_BITS + 1)], dtype=np.int64)
-        return out
+        return fillers_of(self._hist, self._big)
 
     def array(self) -> np.ndarray:
         return nonzero_positions(self.values)

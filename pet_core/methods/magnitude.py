@@ -140,14 +140,13 @@ def cut_for_sparsity(scores: list[Tensor], sparsity: float) -> Cut:
     return Cut(float(t), k - int(torch.count_nonzero(flat < t)))
 
 
-def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
-    """Keep masks (bool, each score's shape) of ``cut``: scores above its value, and those equal to
-    it after the first ``cut.ties``."""
+def _cut(keep_and_equal, items: list[Tensor], cut: Cut) -> list[Tensor]:
+    """The masks of ``cut`` over ``items``, from ``keep_and_equal(item)`` -> (above the value, equal
+    to it): the equal ones stay after the first ``cut.ties`` of the group (row-major, items in order)."""
     masks, left = [], cut.ties
-    for s in scores:
-        keep = s > cut.value
-        equal = s == cut.value
-        n_equal = int(torch.count_nonzero(equal))
+    for item in items:
+        keep, equal = keep_and_equal(item, left)
+        n_equal = 0 if equal is None else int(torch.count_nonzero(equal))
         if left < n_equal:                                  # some equal scores stay: the later ones
             where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]     # flat (row-major) indices
             keep = keep.contiguous()                        # scores of a transposed view are strided
@@ -157,6 +156,12 @@ def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
     return masks
 
 
+def cut_masks(scores: list[Tensor], cut: Cut) -> list[Tensor]:
+    """Keep masks (bool, each score's shape) of ``cut``: scores above its value, and those equal to
+    it after the first ``cut.ties``."""
+    return _cut(lambda s, _left: (s > cut.value, s == cut.value), scores, cut)
+
+
 def weight_cut_masks(weights: list[Tensor], cut: Cut) -> list[Tensor]:
     """:func:`cut_masks` of the weights' magnitudes, without making them: ``|w| > v`` is
     ``w > v or w < -v`` (NaN neither), ``|w| == v`` is ``w == v or w == -v``.
@@ -164,23 +169,15 @@ def weight_cut_masks(weights: list[Tensor], cut: Cut) -> list[Tensor]:
     >>> weight_cut_masks([torch.tensor([-1.0, 2.0, 1.0, -3.0])], Cut(1.0, ties=1))
     [tensor([False,  True,  True,  True])]
     """
-    masks, left = [], cut.ties
-    for w in weights:
+    v = cut.value
+
+    def keep_and_equal(w: Tensor, left: int):
         w = w.detach()
         if left <= 0:                    # no equal weight is pruned here: keep |w| >= v, one mask
-            masks.append((w >= cut.value).logical_or_(w <= -cut.value))
-            continue
-        keep = (w > cut.value).logical_or_(w < -cut.value)
-        equal = (w == cut.value).logical_or_(w == -cut.value)
-        n_equal = int(torch.count_nonzero(equal))
-        if left < n_equal:                                  # some equal weights stay: the later ones
-            where = torch.nonzero(equal.reshape(-1)).squeeze(1)[left:]
-            keep = keep.contiguous()
-            keep.view(-1)[where] = True
-        left = max(0, left - n_equal)
-        del equal
-        masks.append(keep)
-    return masks
+            return (w >= v).logical_or_(w <= -v), None
+        return (w > v).logical_or_(w < -v), (w == v).logical_or_(w == -v)
+
+    return _cut(keep_and_equal, weights, cut)
 
 
 class SortedScores(ScoreIndex):
