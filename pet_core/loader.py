@@ -194,5 +194,11 @@ def _with_hf_data(model: str, net: nn.Module, info: dict, dataset: str | None, d
 def open_workbench(baseline: Baseline) -> Workbench:
     """A workbench over the baseline, evaluating on the dataset's test split (nothing when weights only)."""
     ds = baseline.dataset
+    identity = None
+    if ds is not None:      # equal model content on equal data: one shared evaluation engine and its values
+        from pet_core.runs import identity as identity_of
+
+        ident = identity_of(baseline)
+        identity = (ident["model_hash"], ident["dataset_hash"])
     return Workbench(baseline.model, None if ds is None else ds.x_test, None if ds is None else ds.y_test,
-                     task=baseline.task)
+                     task=baseline.task, identity=identity)

@@ -137,7 +137,12 @@ def post_training_recipe(recipe: dict | None) -> dict | None:
 
 def record_evaluation(ledger: Ledger, baseline: Baseline, report: dict[str, Any], *, owner: str = "me",
                       kind: str = "post-training", parent_id: int | None = None) -> int:
-    """Record a workbench report as a post-training (or sweep) run; identical configurations are upserted."""
+    """Record a workbench report as a post-training (or sweep) run; identical configurations are upserted.
+
+    Only exact numbers are recorded: a report holding an estimate (``report["evaluation"]["exact"]``
+    False) is refused."""
+    if not (report.get("evaluation") or {}).get("exact", True):
+        raise ValueError("an estimated metric is never recorded as a run: evaluate exactly first")
     ident = identity(baseline)
     if parent_id is None:
         parent_id = record_baseline(ledger, baseline, owner, numbers=report.get("baseline"))

@@ -9,6 +9,7 @@ This is what makes a slider move cost milliseconds rather than a deepcopy.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,7 @@ class Workbench:
     """
 
     def __init__(self, baseline: nn.Module, x_eval: Any = None, y_eval: Any = None, *,
-                 batch_size: int = 512, task: str = "image_classification") -> None:
+                 batch_size: int = 512, task: str = "image_classification", identity: Any = None) -> None:
         self.baseline = baseline.eval()
         self.model = copy.deepcopy(baseline).eval()   # deepcopy keeps tied tensors tied
         self.layers: dict[str, Target] = targets(self.model)
@@ -74,6 +75,7 @@ class Workbench:
         self._plain: list[tuple[str, Any]] | None = None   # the size table's order, uncompressed rows made once
         self._sorted: OrderedDict[tuple, SortedScores] = OrderedDict()
         self._baseline_metric: float | None = None
+        self._identity, self._engine = identity, None   # identity: (model hash, data hash) shares the engine
         self.last_apply_ms = 0.0
 
     @property
@@ -93,6 +95,7 @@ class Workbench:
     def apply(self, recipe: Recipe) -> list[str]:
         """Bring the working copy to ``recipe``; returns the names of the layers recomputed."""
         start = time.perf_counter()
+        self.recipe = None      # until every layer is written: no cached value may describe a half-applied copy
         specs = resolve(recipe.default, recipe.layers, self.names)
         thresholds = self._global_thresholds(specs)
         todo = [(name, spec, (spec, thresholds.get(name))) for name, spec in specs.items()
@@ -200,15 +203,58 @@ class Workbench:
     def baseline_weight(self, name: str) -> torch.Tensor:
         return self._base[name][0]
 
-    def evaluate(self, model: nn.Module | None = None) -> float | None:
+    @property
+    def engine(self):
+        """The evaluation engine (``pet_core.evaluation``); shared with every workbench of the same identity."""
+        if self._engine is None and self.measures:
+            from pet_core.evaluation import EvalEngine, shared_engine
+
+            self._engine = (EvalEngine(self.x_eval, self.y_eval, self.task) if self._identity is None
+                            else shared_engine(self._identity, self.x_eval, self.y_eval, self.task))
+        return self._engine
+
+    def state_key(self) -> str | None:
+        """What the working copy holds: the canonical post-training recipe (None while it is being applied)."""
+        if self.recipe is None:
+            return None
+        d = self.recipe.to_dict()
+        return json.dumps({"default": d.get("default"), "layers": d.get("layers")}, sort_keys=True)
+
+    def evaluate(self, model: nn.Module | None = None, *, cancel: Any = None) -> float | None:
         """The task's metric (top-1 accuracy as a fraction, or perplexity) of the working copy, or of
-        ``model``, on the eval data; None in weights-only mode."""
+        ``model``, on the eval data; None in weights-only mode.
+
+        The working copy and the baseline go through the engine (its fastest agreeing backend, values
+        shared by recipe across sessions; ``cancel``, an Event, stops it between batches by raising
+        ``pet_core.evaluation.Cancelled``); any other model (a file loaded back, a physically pruned
+        copy) is run eagerly.
+        """
         if not self.measures:
             return None
+        if model is None or model is self.model:
+            return self.engine.exact(self.model, key=self.state_key(), cancel=cancel)
+        if model is self.baseline:
+            return self.engine.baseline(self.baseline)[0]
         from pet_core.metrics import evaluate
 
-        return evaluate(self.model if model is None else model, self.x_eval, self.y_eval, self.task,
-                        batch_size=self.batch_size)
+        return evaluate(model, self.x_eval, self.y_eval, self.task, batch_size=self.batch_size)
+
+    def cached_metric(self) -> float | None:
+        """The working copy's exact metric when this configuration was evaluated before (any session)."""
+        key = self.state_key()
+        return None if key is None or not self.measures else self.engine.cached(key)
+
+    def estimate(self):
+        """The working copy's metric on the engine's fixed stratified subset, with its 95% interval
+        (a ``pet_core.evaluation.Estimate``; exact when the evaluation set is small); None weights-only."""
+        return self.engine.estimate(self.model, self.baseline) if self.measures else None
+
+    def exact_is_slow(self, seconds: float) -> bool:
+        """True when an exact evaluation is expected to take longer than ``seconds`` and an estimate exists."""
+        if not self.measures or not self.engine.can_estimate:
+            return False
+        predicted = self.engine.predicted_exact_seconds()
+        return predicted is None or predicted > seconds
 
     @property
     def baseline_metric(self) -> float | None:
@@ -277,8 +323,13 @@ class Workbench:
             total += self._huffman[row.name]
         return total
 
-    def report(self, accuracy: float | None = None, *, huffman: bool | None = None) -> dict[str, Any]:
+    def report(self, accuracy: float | None = None, *, huffman: bool | None = None,
+               estimate: Any = None) -> dict[str, Any]:
         """The numbers the CLI's ``evaluate --json`` prints and every page shows.
+
+        The metric is exact (``accuracy`` when given, else evaluated now), or, with ``estimate`` (an
+        inexact ``pet_core.evaluation.Estimate``), that estimate: ``report["evaluation"]`` says which
+        (``exact``, ``n`` of ``total`` items, and for an estimate its 95% interval ``low``..``high``).
 
         ``huffman``: compute ``size_bytes_huffman`` (True), leave it None (False), or (None) compute
         it when the model holds at most :data:`HUFFMAN_EAGER_WEIGHTS` weights: on GPT-2 size models
@@ -292,12 +343,22 @@ class Workbench:
         weights = sum(self._base[n][0].numel() for n in self.names)
         zero_weights = sum(self.zero_weights(n) for n in self.names)
         metric = self.metric
+        if estimate is not None and not estimate.exact:
+            value, evaluation = estimate.value, estimate.to_dict()
+        else:
+            value = self.evaluate() if accuracy is None and estimate is None else (
+                accuracy if accuracy is not None else estimate.value)
+            n = None if not self.measures else len(self.x_eval)
+            evaluation = None if not self.measures else {"exact": True, "value": value, "n": n, "total": n}
+        if evaluation is not None:
+            evaluation["backend"] = self.engine.backend_name
         return {
             "recipe": None if self.recipe is None else self.recipe.to_dict(),
             "metric": {**metric.to_dict(), "measured": self.measures},
+            "evaluation": evaluation,
             "baseline": {metric.name: self.baseline_metric, "size_bytes": base_bytes, "params": params},
             "compressed": {
-                metric.name: self.evaluate() if accuracy is None else accuracy,
+                metric.name: value,
                 "size_bytes": size_bytes,
                 "size_bytes_huffman": self.size_bytes_huffman() if self._huffman_now(huffman, weights) else None,
                 "nonzero_params": nonzero,

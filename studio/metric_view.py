@@ -53,3 +53,38 @@ def show(where, metric: Metric, now: float | None, before: float | None = None, 
     where.metric(f"{name} (not measured)" if now is None else name, shown, None if delta is None else delta + suffix,
                  delta_color="normal" if metric.higher_is_better else "inverse",
                  help=NOT_MEASURED_HELP if now is None else help or f"{metric.label}, measured")
+
+
+def estimated(report: dict[str, Any]) -> bool:
+    """True when the report's metric is an estimate on a subset (the exact number is pending)."""
+    return not (report.get("evaluation") or {}).get("exact", True)
+
+
+def evaluation_text(report: dict[str, Any]) -> str:
+    """How the report's metric was obtained, in words: "exact, all 10,000 test items (onnxruntime)" or
+    "estimate on 1,000 of 10,000 test items, 95% interval 96.50%–97.70%"."""
+    ev = report.get("evaluation")
+    if not ev:
+        return "not measured"
+    metric = metric_of(report)
+    how = f" ({ev['backend']})" if ev.get("backend") else ""
+    if ev.get("exact", True):
+        return f"exact, all {ev['total']:,} test items{how}"
+    return (f"estimate on {ev['n']:,} of {ev['total']:,} test items{how}, 95% interval "
+            f"{metric.format(ev['low'])}–{metric.format(ev['high'])}")
+
+
+def show_report(where, report: dict[str, Any], *, help: str = "") -> None:
+    """The compressed model's metric of ``report``, labelled exact or estimate ("≈ 97.10% ± 0.60")."""
+    metric = metric_of(report)
+    now, before = value(report, "compressed"), value(report, "baseline")
+    if not estimated(report) or now is None:
+        show(where, metric, now, before, help=(help + " " if help else "") + evaluation_text(report))
+        return
+    ev = report["evaluation"]
+    half = (ev["high"] - ev["low"]) / 2
+    spread = f"± {100 * half:.2f}" if metric.name == "accuracy" else f"± {half:.2f}"
+    delta = change(metric, now, before)
+    where.metric(f"{title(metric)} (estimate)", f"≈ {metric.format(now)} {spread}",
+                 None if delta is None else delta, delta_color="normal" if metric.higher_is_better else "inverse",
+                 help=evaluation_text(report) + "; the exact number follows")

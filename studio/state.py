@@ -223,32 +223,121 @@ def ledger() -> Ledger:
     return Ledger()
 
 
-def evaluate() -> dict[str, Any] | None:
-    """Apply the session's recipe and return the report; the configuration is recorded as a run."""
+SLOW_EXACT_S = 0.15   # an exact evaluation expected to take longer is shown as an estimate first (Compress)
+
+
+def exact_runner(wb: Workbench):
+    """This session's background exact evaluator of ``wb`` (``pet_core.evaluation.progressive``)."""
+    from pet_core.evaluation.progressive import ExactRunner
+
+    runner = ss.get("exact_runner")
+    if runner is None or runner.wb is not wb:
+        if runner is not None:
+            runner.close()
+        runner = ss["exact_runner"] = ExactRunner(wb)
+    return runner
+
+
+def _record(report: dict[str, Any], book: Ledger, base: Baseline, owner: str) -> str | None:
+    """Record an exact report as a run (its id goes into the report); the reason when it could not be."""
     from pet_core.runs import record_evaluation
 
+    try:
+        report["run_id"] = record_evaluation(book, base, report, owner=owner)
+    except PetError as exc:   # the numbers still show; say why they were not kept
+        return str(exc)
+    return None
+
+
+def _with_exact(report: dict[str, Any], value: float) -> dict[str, Any]:
+    """``report`` with its estimate replaced by the exact ``value``."""
+    name = report["metric"]["name"]
+    total = report["evaluation"]["total"]
+    return {**report, "compressed": {**report["compressed"], name: value},
+            "evaluation": {"exact": True, "value": value, "n": total, "total": total,
+                           "backend": report["evaluation"].get("backend")}}
+
+
+def evaluate(*, progressive: bool = False) -> dict[str, Any] | None:
+    """Apply the session's recipe and return the report; the configuration is recorded as a run.
+
+    ``progressive`` (the Compress page): when the exact number would take long, the report holds an
+    estimate on a fixed subset (``report["evaluation"]["exact"]`` False) and the exact evaluation runs
+    in the background, recorded as a run when it is ready (:func:`exact_ready` polls it). Otherwise
+    the report is exact, waiting for a background evaluation of this configuration if one runs. A
+    configuration any session evaluated before is exact at once (the engine's shared values).
+    """
     wb = workbench()
     if wb is None:
         return None
     # Post-training numbers: the finetune section does not change them.
     r = recipe().replace(model=ss["source"]["model"], dataset=ss["source"]["dataset"], finetune={})
     key = (source_key(), recipe_key(r.to_dict()), user())
+    runner = exact_runner(wb)
     cached = ss.get("report")
     if cached is not None and cached[0] == key and cached[1] is wb:
-        return cached[2]
+        report = cached[2]
+        if (report.get("evaluation") or {}).get("exact", True):
+            return report
+        if not progressive:
+            runner.wait()
+        if (done := _finish(report)) is not None or progressive:
+            return done or report
+        # the background evaluation failed or was cancelled: evaluate here
     try:
-        wb.apply(r)
+        with runner.changing():
+            wb.apply(r)
     except PetError as exc:
         st.error("This recipe cannot be applied:")
         st.code(str(exc), language=None, wrap_lines=True)
         return None
-    report = wb.report()
-    try:
-        report["run_id"] = record_evaluation(ledger(), baseline(), report, owner=user())
-    except PetError as exc:   # the numbers still show; say why they were not kept
-        st.warning(f"This configuration was not recorded in the run ledger: {plain(exc)}")
+    book, base, owner = ledger(), baseline(), user()
+    if progressive and wb.cached_metric() is None and wb.exact_is_slow(SLOW_EXACT_S):
+        report = wb.report(estimate=wb.estimate())
+        if not report["evaluation"]["exact"]:
+            ss["report"] = (key, wb, report)
+            runner.submit(wb.state_key(), on_done=lambda value: _record_exact(report, value, book, base, owner))
+            return report
+    else:
+        report = wb.report()
+    if why := _record(report, book, base, owner):
+        st.warning(f"This configuration was not recorded in the run ledger: {plain(why)}")
     ss["report"] = (key, wb, report)
     return report
+
+
+def _record_exact(report: dict[str, Any], value: float, book: Ledger, base: Baseline,
+                  owner: str) -> tuple[dict[str, Any], str | None]:
+    """In the runner's thread (no Streamlit here): the exact report, recorded; why not, if it was not."""
+    exact = _with_exact(report, value)
+    return exact, _record(exact, book, base, owner)
+
+
+def _finish(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The exact report of the session's estimated ``report`` once the background evaluation recorded it."""
+    runner = ss.get("exact_runner")
+    if runner is None or runner.running():
+        return None
+    if runner.error:
+        st.warning(f"The exact evaluation failed: {plain(runner.error)}")
+    if runner.outcome is None or runner.outcome[0].get("recipe") != report.get("recipe"):
+        return None
+    exact, why = runner.outcome
+    cached = ss.get("report")
+    if cached is not None and cached[2] is report:
+        ss["report"] = (cached[0], cached[1], exact)
+    if why:
+        st.warning(f"This configuration was not recorded in the run ledger: {plain(why)}")
+    return exact
+
+
+def exact_ready() -> bool:
+    """True when the session's estimated report has its exact number (or nothing is pending)."""
+    cached = ss.get("report")
+    if cached is None or (cached[2].get("evaluation") or {}).get("exact", True):
+        return True
+    runner = ss.get("exact_runner")
+    return runner is None or not runner.running()
 
 
 def layer_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,146 @@
+"""Ways to run a model over evaluation items: eager PyTorch, ONNX Runtime with the weights as inputs,
+and a CUDA mirror of the model that copies only the tensors that changed.
+
+A backend is built once per architecture and evaluation set; ``bind(model)`` takes a model of that
+architecture (the baseline or any working copy) and returns ``run(index) -> logits``, where ``index``
+selects items of the evaluation set (a slice or an index array) and the logits come back as a CPU
+tensor. Binding reads the model's current weights, so one exported graph serves every recipe: no
+re-export per slider move. Results equal eager PyTorch up to float rounding (checked when the
+engine picks a backend: ``pet_core.evaluation.engine``).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pet_core.accuracy import logits_of
+
+Run = Callable[[Any], torch.Tensor]
+INPUT = "x"
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+class EagerBackend:
+    """The model itself, under ``torch.inference_mode`` (the reference every other backend must equal)."""
+
+    name = "eager"
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def bind(self, model: nn.Module) -> Run:
+        device = _device_of(model)
+
+        def run(index: Any) -> torch.Tensor:
+            with torch.inference_mode():
+                return logits_of(model(self.x[index].to(device))).float().cpu()
+        return run
+
+
+class OnnxRuntimeBackend:
+    """The architecture exported once to ONNX with every parameter and buffer turned into a graph
+    input, run by onnxruntime; ``bind`` feeds the model's current tensors (no copy when contiguous).
+
+    Raises whatever the exporter raises for a model it cannot trace; the engine then keeps eager.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        from pet_core.export.onnx_export import _quiet
+
+        from pet_core.evaluation.engine import perturbed
+
+        self.x_np = x.numpy()
+        buf = io.BytesIO()
+        with _quiet():   # exported from a copy whose tensors all differ: the exporter merges equal ones
+            torch.onnx.export(perturbed(model, seed=1), (x[:2],), buf, dynamo=False, input_names=[INPUT], output_names=["logits"],
+                              dynamic_axes={INPUT: {0: "batch"}}, do_constant_folding=False,
+                              training=torch.onnx.TrainingMode.PRESERVE)
+        graph = onnx.load_from_string(buf.getvalue())
+        keys = set(model.state_dict())
+        self.fed: list[str] = []
+        kept = []
+        for init in graph.graph.initializer:
+            if init.name in keys:   # a parameter or buffer: fed at run time, never folded into the graph
+                graph.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+                self.fed.append(init.name)
+            else:
+                kept.append(init)
+        del graph.graph.initializer[:]
+        graph.graph.initializer.extend(kept)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.output = self.session.get_outputs()[0].name
+
+    def bind(self, model: nn.Module) -> Run:
+        state = model.state_dict()
+        feeds = {name: state[name].detach().contiguous().numpy() for name in self.fed}
+
+        def run(index: Any) -> torch.Tensor:
+            out = self.session.run([self.output], {INPUT: self.x_np[index], **feeds})[0]
+            return torch.from_numpy(out)
+        return run
+
+
+class CudaBackend:
+    """A mirror of each bound model on the GPU, kept in step by copying only the tensors whose storage
+    or version changed since the last bind; the evaluation inputs live on the GPU once. fp32 with TF32
+    matmuls off, so predictions equal the CPU's up to float rounding (no mixed precision here)."""
+
+    name = "cuda"
+
+    def __init__(self, x: torch.Tensor, device: str | torch.device = "cuda") -> None:
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self._mirrors: dict[int, tuple[nn.Module, dict[str, tuple[int, int]]]] = {}
+        self._lock = threading.Lock()
+
+    def _mirror(self, model: nn.Module) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
+        key = id(model)
+        with self._lock:
+            if key not in self._mirrors:
+                self._mirrors[key] = (copy.deepcopy(model).to(self.device).eval(), {})
+                weakref.finalize(model, self._mirrors.pop, key, None)
+            return self._mirrors[key]
+
+    def bind(self, model: nn.Module) -> Run:
+        mirror, seen = self._mirror(model)
+        target = mirror.state_dict()
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                mark = (tensor.data_ptr(), tensor._version)
+                if seen.get(name) != mark:        # only what apply() rewrote since the last bind
+                    target[name].copy_(tensor, non_blocking=True)
+                    seen[name] = mark
+
+        def run(index: Any) -> torch.Tensor:
+            if isinstance(index, np.ndarray):
+                index = torch.as_tensor(index, device=self.device)
+            prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                with torch.inference_mode():
+                    return logits_of(mirror(self.x[index])).float().cpu()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = prev
+        return run
+
+
+__all__ = ["CudaBackend", "EagerBackend", "OnnxRuntimeBackend", "Run"]
