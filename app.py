@@ -2,8 +2,11 @@
 
 import streamlit as st
 
+from pet_core.threads import configure_server_threads
 from studio import metric_view, state, sidebar
 from studio.text import plain
+
+configure_server_threads()   # one intra-op thread per request on a shared server (pet_core/threads.py)
 
 st.set_page_config(page_title="PET Studio", page_icon="🗜️", layout="wide")
 

@@ -304,6 +304,10 @@ class Workbench:
     def _huffman_now(asked: bool | None, weights: int) -> bool:
         return asked if asked is not None else weights <= HUFFMAN_EAGER_WEIGHTS
 
+    def huffman_by_default(self) -> bool:
+        """True when :meth:`report` computes the Huffman size unasked (at most 20 M weights)."""
+        return self._huffman_now(None, sum(self._base[n][0].numel() for n in self.names))
+
     def zero_weights(self, name: str) -> int:
         if name not in self._zeros:
             self._zeros[name] = int(self.layers[name].weight.numel() - torch.count_nonzero(self.layers[name].weight))

@@ -293,11 +293,12 @@ def evaluate(*, progressive: bool = False) -> dict[str, Any] | None:
         return None
     book, base, owner = ledger(), baseline(), user()
     if progressive and wb.cached_metric() is None and wb.exact_is_slow(SLOW_EXACT_S):
-        report = wb.report(estimate=wb.estimate())
+        report = wb.report(estimate=wb.estimate(), huffman=False)   # the Huffman size comes with the exact number
         if not report["evaluation"]["exact"]:
             ss["report"] = (key, wb, report)
-            runner.submit(wb.state_key(), on_done=lambda value: _record_exact(report, value, book, base, owner))
+            runner.submit(wb.state_key(), on_done=lambda value: _record_exact(wb, report, value, book, base, owner))
             return report
+        report = wb.report(report["compressed"][report["metric"]["name"]])
     else:
         report = wb.report()
     if why := _record(report, book, base, owner):
@@ -306,10 +307,13 @@ def evaluate(*, progressive: bool = False) -> dict[str, Any] | None:
     return report
 
 
-def _record_exact(report: dict[str, Any], value: float, book: Ledger, base: Baseline,
+def _record_exact(wb: Workbench, report: dict[str, Any], value: float, book: Ledger, base: Baseline,
                   owner: str) -> tuple[dict[str, Any], str | None]:
-    """In the runner's thread (no Streamlit here): the exact report, recorded; why not, if it was not."""
+    """In the runner's thread, holding the working copy (no Streamlit here): the exact report with its
+    Huffman size, recorded; why not, if it was not."""
     exact = _with_exact(report, value)
+    if wb.huffman_by_default():
+        exact["compressed"]["size_bytes_huffman"] = wb.size_bytes_huffman()
     return exact, _record(exact, book, base, owner)
 
 

@@ -55,8 +55,8 @@ class ExactRunner:
     def submit(self, key: Any, on_done: Callable[[float], None] | None = None) -> threading.Thread:
         """Evaluate the working copy exactly in a new thread, for ``key`` (``wb.state_key()`` now).
 
-        ``on_done(value)`` runs in that thread when the value is ready (not when cancelled), its result
-        kept as :attr:`outcome`; a newer
+        ``on_done(value)`` runs in that thread, holding the lock, when the value is ready (not when
+        cancelled), its result kept as :attr:`outcome`; a newer
         :meth:`changing` cancels it, and a key that no longer describes the copy is not evaluated.
         """
         cancel = self._cancel = threading.Event()
@@ -76,13 +76,13 @@ class ExactRunner:
                     return
                 if cancel.is_set():
                     return
+                if on_done is not None:   # still under the lock: it may read the working copy
+                    try:
+                        self.outcome = on_done(value)
+                    except Exception as exc:  # noqa: BLE001
+                        self.error = f"{type(exc).__name__}: {exc}"
                 self._values = {key: value}
                 self.finished_at = time.perf_counter()
-            if on_done is not None:
-                try:
-                    self.outcome = on_done(value)
-                except Exception as exc:  # noqa: BLE001
-                    self.error = f"{type(exc).__name__}: {exc}"
 
         self._thread = threading.Thread(target=work, name="pet-exact-eval", daemon=True)
         self._thread.start()
