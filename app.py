@@ -27,7 +27,7 @@ def home() -> None:
     st.subheader("Now")
     cols = st.columns(4)
     cols[0].metric("Model", src["model"].rstrip("/").rsplit("/", 1)[-1], help=f"dataset: {src['dataset']}")
-    metric_view.show(cols[1], metric, metric_view.value(report, "compressed"), metric_view.value(report, "baseline"))
+    metric_view.show_report(cols[1], report)
     cols[2].metric("Size", f"{c['size_bytes']:,} B", f"{c['compression_ratio']:.1f}× smaller", delta_color="off")
     cols[3].metric("Baseline size", f"{b['size_bytes']:,} B", help="dense fp32, every parameter and buffer")
     data = ("No dataset (weights only)" if state.weights_only()
