@@ -90,7 +90,7 @@ def test_a_backend_that_ignores_new_weights_is_refused(monkeypatch):
     base = load_baseline("lenet_300_100", "digits")
     stale = OnnxRuntimeBackend.bind
     monkeypatch.setattr(OnnxRuntimeBackend, "bind", lambda self, model: stale(self, base.model))
-    engine = EvalEngine(base.dataset.x_test, base.dataset.y_test, "image_classification", backend=None)
+    engine = EvalEngine(base.dataset.x_test, base.dataset.y_test, "image_classification", backend="onnxruntime")
     engine.backend(base.model)
     assert engine.backend_name == "eager"
     assert "differ" in engine.choice["refused"]["onnxruntime"]

@@ -38,6 +38,7 @@ SUBSET_SIZE = 1000          # items an estimate looks at, at most
 MIN_SUBSET = 200            # and at least
 ESTIMATE_BUDGET_S = 0.05    # a slow model's subset is smaller: an estimate should take about this long
 PROBE_SIZE = 512            # items a backend is timed and checked on
+FAST_ENOUGH_S = 0.05        # eager evaluating the whole set this fast is kept without trying others
 ORT_MAX_PARAMS = 20_000_000  # larger models stay eager (export and its checks would cost too much)
 CACHED_VALUES = 4096        # exact values kept per engine
 BACKENDS = ("eager", "onnxruntime", "cuda")
@@ -98,6 +99,12 @@ class EvalEngine:
             self.choice = {"backend": "eager", "why": "the only candidate"}
             return EagerBackend(self.x)
         probe = slice(0, min(self.total, PROBE_SIZE))
+        if self.wanted == "auto" and not torch.cuda.is_available():
+            eager = EagerBackend(self.x).bind(model)
+            projected = min(_time(lambda: eager(probe)) for _ in range(2)) * self.total / probe.stop
+            if projected <= FAST_ENOUGH_S:     # a small set: exporting and checking would cost more than it saves
+                self.choice = {"backend": "eager", "why": f"eager takes {projected * 1e3:.0f} ms for the whole set"}
+                return EagerBackend(self.x)
         twin = perturbed(model)
         reference = EagerBackend(self.x).bind(twin)(probe)
         timings, refused, built = {}, {}, {}
