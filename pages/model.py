@@ -93,7 +93,8 @@ if wb is not None:
     if base.info.get("note"):
         st.caption(plain(base.info["note"]))
     c1, c2, c3 = st.columns(3)
-    metric_view.show(c1, wb.metric, wb.baseline_metric, label=f"Baseline {wb.metric.name}")
+    metric_view.show(c1, wb.metric, wb.baseline_metric, label=f"Baseline {wb.metric.name}",
+                     help=None if not wb.measures else f"exact, all {len(wb.x_eval):,} test items")
     c2.metric("Parameters", f"{sum(p.numel() for p in base.model.parameters()):,}")
     c3.metric("Compressible tensors", f"{len(wb.layers):,}", help="weights a known operation uses; tied ones once")
     st.subheader("Compressible tensors")
