@@ -10,11 +10,11 @@ from collections import OrderedDict
 import pandas as pd
 import streamlit as st
 
-from pet_core.analysis import histogram, layer_stats, singular_values
+from pet_core.analysis import layer_stats, singular_values
 from pet_core.figures import singular_value_figure, sparsity_bars, weight_heatmap, weight_histogram
 from pet_core.methods.low_rank import rank_for_energy
 from studio import state
-from studio.layer_view import cached, relative_error
+from studio.layer_view import baseline_stats, cached, overlay_counts, relative_error
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
@@ -33,25 +33,18 @@ log_y = c1.toggle("Log-scale counts", value=True)
 overlay = c2.toggle("Overlay the compressed weights", value=True)
 
 target = wb.layers[name]
-before = cached(store, ("before", source, name), lambda: layer_stats(name, target.type, wb.baseline_weight(name)))
+before = baseline_stats(store, source, wb, name)
 result = wb.result(name)
 after = before if result is None else cached(store, ("after", source, name, recipe),
                                              lambda: layer_stats(name, target.type, target.weight))
 
-
-def overlay_counts():
-    nonzero = target.weight[target.weight != 0]
-    counts, _, _ = histogram(nonzero, len(before.hist_counts), before.hist_edges[0], before.hist_edges[-1])
-    return counts, target.weight.numel() - nonzero.numel()
-
-
-after_counts, zeros = None, 0
+after_counts = None
 if overlay and result is not None:
-    after_counts, zeros = cached(store, ("overlay", source, name, recipe), overlay_counts)
+    after_counts = cached(store, ("overlay", source, name, recipe), lambda: overlay_counts(before, target.weight))
 st.plotly_chart(weight_histogram(
     name, before.hist_edges, before.hist_counts, after_counts,
-    threshold=None if result is None else result.threshold,
-    levels=None if result is None else result.levels, log_y=log_y, after_zeros=zeros, sampled=before.hist_sampled,
+    threshold=None if result is None else result.threshold, levels=None if result is None else result.levels,
+    log_y=log_y, after_zeros=wb.zero_weights(name), sampled=before.hist_sampled,
 ), width="stretch")
 if result is not None and result.levels and (spec := wb.specs[name]).quantize and spec.quantize.granularity == "per_channel":
     st.caption("Levels drawn are those of the widest output channel (each channel has its own scale).")
@@ -63,8 +56,9 @@ rows = [{"weights": "baseline", **before.as_dict(with_arrays=False)},
 st.dataframe(pd.DataFrame(rows).drop(columns=["name"]), hide_index=True, width="stretch")
 st.caption(f"Relative reconstruction error ‖W−Ŵ‖/‖W‖ = {error:.4f}"
            + (f" · tied: this tensor is also {', '.join(target.tied)}" if target.tied else ""))
-sparsity = [wb.zero_weights(n) / max(1, wb.layers[n].weight.numel()) for n in wb.names]
-st.plotly_chart(sparsity_bars(wb.names, sparsity), width="stretch")
+bars = cached(store, ("sparsity", source, recipe), lambda: sparsity_bars(
+    wb.names, [wb.zero_weights(n) / max(1, wb.layers[n].weight.numel()) for n in wb.names]))
+st.plotly_chart(bars, width="stretch")
 
 if st.toggle("Statistics of every layer (compressed working copy)", key="w_all",
              help="computed once per recipe; on a large model this takes a few seconds"):
@@ -73,7 +67,8 @@ if st.toggle("Statistics of every layer (compressed working copy)", key="w_all",
     st.dataframe(pd.DataFrame([s.as_dict(with_arrays=False) for s in stats]), hide_index=True, width="stretch")
 
 st.subheader(f"{name}: weights and mask")
-st.plotly_chart(weight_heatmap(name, target.weight), width="stretch")
+st.plotly_chart(cached(store, ("heatmap", source, name, recipe), lambda: weight_heatmap(name, target.weight)),
+                width="stretch")
 if st.toggle("Singular-value spectrum", key="w_svd", help="an SVD of the layer's baseline weight: computed once "
                                                           "per layer, on request (slow on a large matrix)"):
     sv = cached(store, ("svd", source, name), lambda: singular_values(wb.baseline_weight(name)))

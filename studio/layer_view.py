@@ -1,5 +1,6 @@
 """Per-layer views, computed once and kept in the session: the Compress table's rows (with each weight's
-relative reconstruction error) and the Weights page's statistics of one layer under one recipe.
+relative reconstruction error), one layer's baseline statistics and the histogram of its compressed weights
+(the Weights page and the picture beside the Compress sliders).
 
 A Streamlit rerun happens on every click anywhere; these caches make an unrelated rerun cost nothing.
 Each is keyed by what its numbers depend on (the session's source, the layer, the recipe) and bounded.
@@ -10,8 +11,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from pet_core import analysis
+from pet_core.analysis import LayerStats, layer_stats
 from pet_core.workbench import Workbench
 
 MAX_CACHED = 16      # (layer, recipe) statistics kept per session
@@ -55,3 +59,35 @@ def cached(store: OrderedDict, key: tuple, compute: Callable[[], Any], limit: in
     while len(store) > limit:
         store.popitem(last=False)
     return value
+
+
+def largest_layer(wb: Workbench) -> str:
+    """The compressible layer with the most weights (the first of equals)."""
+    return max(wb.names, key=lambda n: wb.layers[n].weight.numel())
+
+
+def baseline_stats(store: OrderedDict, source: Any, wb: Workbench, name: str) -> LayerStats:
+    """Layer ``name``'s baseline statistics, computed once per (source, layer) and kept in ``store``."""
+    layer_type = wb.layers[name].type
+    return cached(store, ("before", source, name), lambda: layer_stats(name, layer_type, wb.baseline_weight(name)))
+
+
+def overlay_counts(before: LayerStats, weight: torch.Tensor) -> list[int]:
+    """The non-zero values of ``weight`` counted in ``before``'s histogram bins.
+
+    The same values as ``before``'s histogram are read (the same strided sample when it was sampled),
+    so the two bar series compare one to one; no full-size copy is made of a sampled weight.
+
+    >>> w = torch.tensor([-1., 0., 0.5, 1.])
+    >>> overlay_counts(layer_stats("w", "Linear", w, bins=2), w)
+    [1, 2]
+    """
+    w = weight.detach().float()
+    if before.hist_sampled:
+        values = analysis.strided_sample(w, -(-w.numel() // analysis.HIST_MAX_SAMPLES))
+    else:
+        values = analysis.memory_order(w).numpy()
+    edges = before.hist_edges
+    kept = values.compress(values != 0)      # 3x faster than values[values != 0]
+    counts, _ = np.histogram(kept, bins=len(before.hist_counts), range=(edges[0], edges[-1]))
+    return counts.tolist()
