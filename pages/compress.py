@@ -12,6 +12,7 @@ from pet_core.errors import PetError
 from pet_core.recipe import to_token
 from pet_core.steps import resolve
 from studio import metric_view, state
+from studio import compress_picture
 from pet_core.methods import METHODS
 from studio.controls import (Control, column_specs, controls_from_default, default_from_controls, groups,
                              layers_from_rows, method_controls, split_layers, table_rows)
@@ -77,21 +78,23 @@ except PetError as exc:
     st.error("These settings are not valid, the last valid ones are kept:")
     st.code(str(exc), language=None, wrap_lines=True)
 
-report = state.evaluate()
+report = state.evaluate(progressive=True)
 if report is None:
     st.stop()
 st.query_params["recipe"] = to_token(state.recipe())
 b, c = report["baseline"], report["compressed"]
 metric = metric_view.metric_of(report)
 m = st.columns(5)
-metric_view.show(m[0], metric, metric_view.value(report, "compressed"), metric_view.value(report, "baseline"),
-                 help=f"{metric.label}, measured on the decoded weights")
+metric_view.show_report(m[0], report, help=f"{metric.label}, measured on the decoded weights:")
 m[1].metric("Size", f"{c['size_bytes']:,} B", help="accounted: bytes of the chosen encoding, see the table")
 m[2].metric("Compression", f"{c['compression_ratio']:.2f}×", help=f"baseline {b['size_bytes']:,} B dense fp32")
 m[3].metric("Weight sparsity", f"{c['weight_sparsity']:.1%}")
 m[4].metric("Non-zero params", f"{c['nonzero_params']:,}")
 huff = c.get("size_bytes_huffman")
-st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights" if metric_view.measured(report) else
+st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights "
+            f"({metric_view.evaluation_text(report)}"
+            + ("; the exact number follows in a moment)" if metric_view.estimated(report) else ")")
+            if metric_view.measured(report) else
             f"{metric.name.capitalize()} is **not measured** (weights only: no dataset)")
            + "; sizes are **accounted** (the bytes each tensor's "
            "encoding takes; Export writes the packed file and measures it); masks and fake quantization give "
@@ -99,6 +102,15 @@ st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights"
            + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else
               " The Huffman-coded size of a model this large is computed on Export, not on every move.")
            + (f" Recorded as run #{report['run_id']}." if report.get("run_id") else ""))
+if metric_view.estimated(report):
+    @st.fragment(run_every=0.25)
+    def exact_watch() -> None:
+        """Polls the background exact evaluation; the whole page reruns with the exact number."""
+        if state.exact_ready():
+            st.rerun(scope="app")
+
+    exact_watch()
+compress_picture.show(wb, report)
 rows = pd.DataFrame(state.layer_rows(report))
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     "relative_error": st.column_config.NumberColumn("‖W−Ŵ‖/‖W‖", format="%.4f",
