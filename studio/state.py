@@ -217,10 +217,17 @@ def recipe_key_now() -> str:
 # --- runs (the ledger) ----------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner=False)
 def ledger() -> Ledger:
     """The workspace's run ledger, shared by all sessions (each call opens its own connection)."""
-    return Ledger()
+    from pet_core.ledger import ledger_path
+
+    return _ledger(str(ledger_path()))
+
+
+@st.cache_resource(show_spinner=False)
+def _ledger(path: str) -> Ledger:
+    """One ``Ledger`` per file: a changed ``PET_WORKSPACE`` (tests) gets its own."""
+    return Ledger(path)
 
 
 SLOW_EXACT_S = 0.15   # an exact evaluation expected to take longer is shown as an estimate first (Compress)
