@@ -1,6 +1,6 @@
 """Room load test: N participants move the Compress sparsity slider of one server process at once.
 
-    PYTHONPATH=. python bench/room.py --quick              # both rooms, 30 s each
+    PYTHONPATH=. python bench/room.py --quick              # both rooms, 30 s each (about 4 min in all)
     PYTHONPATH=. python bench/room.py --only lenet         # lenet_300_100 on digits, 30 people, 2 min
     python bench/run.py --only room                        # once registered in bench/run.py
 
@@ -48,7 +48,9 @@ the exact values shared across sessions are hit. Per move:
   minus the move's start (from the hook's log), and, separately, the exact number *shown* (the
   metric without "(estimate)" received after the page's poll);
 * errors: ``st.error`` and exception elements, script compile errors, no number within 60 s, a
-  broken connection; ``st.warning`` texts are listed apart;
+  broken connection, tracebacks and ERROR lines in the server's log (except Starlette's traceback
+  for a message sent to a websocket the client closed, counted apart); ``st.warning`` texts are
+  listed apart;
 * the server's resident set (``/proc/<pid>/status`` ``VmRSS``) every second, and its CPU time.
 
 Baseline, same server, just before the room: one participant alone (a recipe group no room
@@ -233,11 +235,23 @@ class Server:
             return []
         return [json.loads(line) for line in self.exact_log.read_text().splitlines() if line.strip()]
 
-    def log_problems(self) -> list[str]:
-        """Tracebacks and errors the server printed."""
+    def log_problems(self) -> tuple[list[str], int]:
+        """The server's logged errors: each traceback's exception line and each ERROR line; and how many
+        tracebacks were a client's closed websocket (Starlette sending after the close: not the app's)."""
         text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
-        return [line.strip()[:200] for line in text.splitlines()
-                if "Traceback" in line or " ERROR " in line or line.startswith("Exception")]
+        errors, closed, in_tb = [], 0, False
+        for line in text.splitlines():
+            if line.startswith("Traceback"):
+                in_tb = True
+            elif in_tb and line and not line[0].isspace() and not line.startswith("During handling"):
+                in_tb = False
+                if "WebSocketDisconnect" in line or "close message has been sent" in line:
+                    closed += 1
+                else:
+                    errors.append(line.strip()[:200])
+            elif " ERROR " in line:
+                errors.append(line.strip()[:200])
+        return errors, closed
 
     def stop(self) -> None:
         self._stop.set()
@@ -429,7 +443,7 @@ class Participant:
                 "prune": {"method": "magnitude", "scope": "global", "sparsity": self.value}, "quantize": self.quant})
             self.query = urlencode({"recipe": to_token(recipe), "user": self.user})
             self.ws = connect(self.server.ws_url, subprotocols=["streamlit"], max_size=None, proxy=None,
-                              open_timeout=60, ping_interval=None, legacy=True)
+                              open_timeout=60, ping_interval=None, close_timeout=2, legacy=True)
             deadline = t0 + 600
             self._send(page_hash="")
             if not self.pump(deadline, lambda: self.finished is not None and self.metric is not None):
@@ -609,8 +623,11 @@ def _room(server: Server, model: str, dataset: str, n: int, duration: float, ctx
         end = time.perf_counter()
         cpu1, me1 = server.cpu_s(), time.process_time()
         rss_end = server.rss_mb()
-        for p in people:
-            p.close()
+        closers = [threading.Thread(target=p.close) for p in people]   # a busy server is slow to answer a close
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join()
     moves = [m for p in people for m in p.moves]
     _exact_from_log(moves, {p.who: p.user for p in people}, server.exact_entries())
     span = max(1e-9, end - start)
@@ -644,7 +661,7 @@ def room_rows(model: str, dataset: str, data_dir: str | None, n: int, ctx: Conte
                 f"{median([m.first_ms for m in single if m.first_ms is not None] or [float('nan')]):.0f} ms, exact p50 "
                 f"{median([m.exact_ms for m in single if m.exact_ms is not None] or [float('nan')]):.0f} ms")
         run = _room(server, model, dataset, n, duration, ctx)
-        log_problems = server.log_problems()
+        log_problems, closed = server.log_problems()
     finally:
         server.stop()
         keep = os.environ.get("PET_ROOM_KEEP")
@@ -656,11 +673,11 @@ def room_rows(model: str, dataset: str, data_dir: str | None, n: int, ctx: Conte
         from dataclasses import asdict
 
         Path(raw).write_text(json.dumps({"single": [asdict(m) for m in single], "room": [asdict(m) for m in run.moves]}))
-    return _rows(model, dataset, n, ctx, single, run, rss_before, log_problems)
+    return _rows(model, dataset, n, ctx, single, run, rss_before, log_problems, closed)
 
 
 def _rows(model: str, dataset: str, n: int, ctx: Context, single: list[Move], run: RoomRun,
-          rss_before: float, log_problems: list[str]) -> list[Result]:
+          rss_before: float, log_problems: list[str], closed: int = 0) -> list[Result]:
     moves = run.moves
     label = "MNIST" if dataset == "mnist" else "digits"
     first = [m.first_ms for m in moves if m.first_ms is not None]
@@ -687,6 +704,7 @@ def _rows(model: str, dataset: str, n: int, ctx: Context, single: list[Move], ru
         "single_page_done_ms": _stats([m.done_ms for m in single if m.done_ms]),
         "estimates": estimates, "exact_at_once": len(moves) - estimates, "exact_superseded": superseded,
         "late_ticks": late, "errors": len(errors), "error_examples": errors[:5], "warnings": warnings[:5],
+        "server_log_closed_websocket_tracebacks": closed,
         "server_rss_mb": {"before_single": round(rss_before, 1), **{k: round(v, 1) for k, v in run.rss.items()}},
         "server_cpu_pct": round(run.cpu_pct), "client_cpu_pct": round(run.client_cpu_pct),
         "server_cpu_ms_per_move": round(10 * run.cpu_pct * run.seconds / max(1, len(moves))),
