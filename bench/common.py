@@ -146,6 +146,39 @@ def measure_pair(fa: Callable[[], Any], fb: Callable[[], Any], reps: int, warmup
     return ta, tb
 
 
+def measure_many(fns: dict[Any, Callable[[], Any]], reps: int, warmup: int,
+                 prepare: dict[Any, Callable[[], Any]] | None = None) -> dict[Any, list[float]]:
+    """Time each of ``fns`` ``reps`` times, interleaved in rotating order (round ``i`` starts with the
+    ``i``-th function), after ``warmup`` unrecorded rounds; ``prepare[name]()``, when given, runs
+    untimed right before each call of ``fns[name]`` (e.g. a slider move before timing its evaluation).
+    Returns the milliseconds per name. With two functions this is :func:`measure_pair`'s a b, b a order.
+
+    >>> calls = []
+    >>> ms = measure_many({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 0,
+    ...                   prepare={"b": lambda: calls.append("prep")})
+    >>> calls, [len(v) for v in ms.values()]
+    (['a', 'prep', 'b', 'prep', 'b', 'a'], [2, 2])
+    """
+    names = list(fns)
+    prepare = prepare or {}
+
+    def call(name: Any) -> float:
+        if name in prepare:
+            prepare[name]()
+        return timed(fns[name])
+
+    for _ in range(warmup):
+        for name in names:
+            call(name)
+    gc.collect()
+    out: dict[Any, list[float]] = {n: [] for n in names}
+    for i in range(reps):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(call(name))
+    return out
+
+
 def setup_torch() -> None:
     torch.set_num_threads(BENCH_THREADS)
 

@@ -1,7 +1,8 @@
 """PET Studio benchmark runner.
 
-    python bench/run.py                  # everything, >= 20 repetitions each (a few minutes)
-    python bench/run.py --quick          # fewer repetitions, for a smoke check
+    python bench/run.py                  # everything, >= 20 repetitions each (about 16 min on 2 cores)
+    python bench/run.py --quick          # fewer repetitions, long benchmarks skipped: a smoke check (< 3 min)
+    python bench/run.py --list           # the benchmarks; [not in --quick] marks the skipped ones
     python bench/run.py --only slider    # benchmarks whose name starts with / contains "slider"
 
 Writes ``bench/results.json`` (a list of {name, value, unit, baseline, ratio, goal, met, p90, ...};
@@ -10,7 +11,10 @@ With ``--only``, the rows of the benchmarks not run are kept from the previous r
 
 Adding a benchmark: write a function ``fn(ctx: Context) -> list[Result]`` in a module under
 ``bench/`` (see ``bench/engine.py``; the timing helpers are in ``bench/common.py``) and add a
-``Benchmark`` entry to ``BENCHMARKS`` below. Its baseline must be measured in the same run.
+``Benchmark`` entry to ``BENCHMARKS`` below (or ``BENCHMARKS.append(...)``). Its baseline must be
+measured in the same run. ``quick=False`` leaves it out of ``--quick`` (unless named in ``--only``),
+with ``quick_note`` printed to say why; a benchmark may also read ``ctx.quick`` to do less.
+Models are loaded (trained when not cached) before the benchmarks start, never inside a timing.
 A row whose dict has a ``section`` (markdown, see ``bench/deploy.py``) gets it appended to RESULTS.md.
 """
 
@@ -21,6 +25,7 @@ import json
 import os
 import sys
 import time
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import app_latency, deploy, engine, finetune_results, gpt2_scale, jobs_isolation, nm_sparse  # noqa: E402
+from bench import (app_latency, deploy, engine, eval_engine, finetune_results, gpt2_scale,  # noqa: E402
+                   jobs_isolation, nm_sparse)
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +49,8 @@ class Benchmark:
     name: str
     description: str
     fn: Callable[[Context], list[Result]]
+    quick: bool = True      # run by --quick; False: skipped there (unless named in --only), saying quick_note
+    quick_note: str = ""
 
 
 BENCHMARKS: list[Benchmark] = [
@@ -50,30 +58,41 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: engine.bench_slider("lenet_300_100", ctx)),
     Benchmark("slider_mnist_cnn", "slider move on mnist_cnn (MNIST)",
               lambda ctx: engine.bench_slider("mnist_cnn", ctx)),
+    Benchmark("eval_exact", "exact full-test-set evaluation after a move: engine vs ONNX Runtime dense vs eager "
+              "(every zoo model), and the engine's ONNX Runtime batch size (mnist_cnn)", eval_engine.bench_exact_eval),
+    Benchmark("eval_first_number", "move -> first number, server side (apply + estimate or exact + report) vs apply "
+              "+ eager evaluation + report (every zoo model)", eval_engine.bench_first_number),
     Benchmark("analysis_25m", "analyze() of a synthetic 25M-weight model", engine.bench_analysis),
     Benchmark("threshold_25m", "global threshold for a new target sparsity, 25M weights", engine.bench_threshold),
     Benchmark("gpt2_scale", "GPT-2 small (124M, random weights): analyze, global threshold, int4, sizes, a move",
-              gpt2_scale.bench_gpt2_scale),
+              gpt2_scale.bench_gpt2_scale, quick=False,
+              quick_note="GPT-2 small, 124M weights: about 3 min even with its reduced repetitions"),
     Benchmark("app_server_lenet_300_100", "Compress slider move through the app (AppTest), lenet_300_100",
               lambda ctx: app_latency.bench_server("lenet_300_100", ctx)),
     Benchmark("app_server_mnist_cnn", "Compress slider move through the app (AppTest), mnist_cnn",
               lambda ctx: app_latency.bench_server("mnist_cnn", ctx)),
     Benchmark("app_browser_lenet_300_100", "Compress slider key press to new metric in Chromium, lenet_300_100",
-              lambda ctx: app_latency.bench_browser("lenet_300_100", ctx)),
+              lambda ctx: app_latency.bench_browser("lenet_300_100", ctx), quick=False,
+              quick_note="a live server driven by Chromium: over 2 min, and its 60 s waits time out on a busy machine"),
     Benchmark("nm_sparse", "2:4 semi-structured Linear on sparse tensor cores vs dense (CUDA only)",
               nm_sparse.bench_nm_sparse),
     Benchmark("jobs_isolation", "a slider move while another session's job runs: worker process vs server thread",
               jobs_isolation.bench_isolation),
     Benchmark("deploy_variants", "bytes, accuracy, latency of eager/masked/physical/ONNX/packed variants (3 models)",
-              deploy.bench_deploy),
+              deploy.bench_deploy, quick=False,
+              quick_note="exports, quantises and times 3 models x 10 variants: 3-5 min even with fewer rounds"),
     Benchmark("finetune_deep_compression", "Deep Compression on lenet_300_100 through the finetune CLI (MNIST)",
-              finetune_results.bench_deep_compression),
+              finetune_results.bench_deep_compression, quick=False,
+              quick_note="a whole prune-retrain-quantise run through the CLI: 1-1.5 min"),
     Benchmark("finetune_mnist_cnn_int4", "mnist_cnn 90% sparse + 4-bit QAT through the finetune CLI (MNIST)",
-              finetune_results.bench_mnist_cnn_int4),
+              finetune_results.bench_mnist_cnn_int4, quick=False,
+              quick_note="a whole QAT fine-tuning run through the CLI: 2-3.5 min"),
     Benchmark("finetune_overhead_lenet_300_100", "fine-tuning samples/s, mask + fake quant vs a plain loop",
-              lambda ctx: finetune_results.bench_overhead("lenet_300_100", ctx)),
+              lambda ctx: finetune_results.bench_overhead("lenet_300_100", ctx), quick=False,
+              quick_note="trains epochs to time them: about 45 s"),
     Benchmark("finetune_overhead_mnist_cnn", "fine-tuning samples/s, mask + fake quant vs a plain loop",
-              lambda ctx: finetune_results.bench_overhead("mnist_cnn", ctx)),
+              lambda ctx: finetune_results.bench_overhead("mnist_cnn", ctx), quick=False,
+              quick_note="trains epochs to time them: about 55 s"),
 ]
 
 
@@ -91,6 +110,42 @@ def select(only: str | None) -> list[Benchmark]:
             raise SystemExit(f"--only {word!r} matches no benchmark (benchmarks: {names})")
         chosen += [b for b in hits if b not in chosen]
     return chosen
+
+
+def prepare_models(ctx: Context) -> None:
+    """Train (and cache) every zoo model the benchmarks load, on MNIST (when present) and the digits,
+    before any benchmark starts: pretraining is never part of a benchmark's time."""
+    from pet_core.data import load_dataset
+    from pet_core.errors import PetError
+    from pet_core.loader import load_baseline
+    from pet_core.pretrained import is_cached
+    from pet_core.zoo import adapt_dataset, list_models
+
+    start = time.perf_counter()
+    trained = []
+    for name, data_dir in (("mnist", engine.mnist_dir(ctx)), ("digits", None)):
+        try:
+            ds = load_dataset(name, data_dir)
+        except PetError:
+            continue                  # no MNIST: the benchmarks fall back to the digits
+        for m in list_models():
+            if not is_cached(m.name, adapt_dataset(ds, m.name)):
+                ctx.log(f"  pretraining {m.name} on {name} (cached for later runs; not part of any timing)")
+                load_baseline(m.name, name, data_dir)
+                trained.append(f"{m.name}/{name}")
+    took = time.perf_counter() - start
+    ctx.log(f"models ready in {took:.1f} s" + (f" (trained {', '.join(trained)})" if trained else " (all cached)"))
+
+
+def wait_for_background_evaluations(timeout_s: float = 60.0) -> None:
+    """Join the background exact evaluations (``pet_core.evaluation.progressive``, thread "pet-exact-eval")
+    an app benchmark's sessions left running: the interpreter exiting while one is inside onnxruntime
+    aborts the process ("terminate called without an active exception", exit status 134) after the
+    results are written. Other daemon threads (watchers, reapers) never end and are left alone."""
+    deadline = time.perf_counter() + timeout_s
+    for t in threading.enumerate():
+        if t.name == "pet-exact-eval" and t.is_alive():
+            t.join(max(0.0, deadline - time.perf_counter()))
 
 
 def busy(info: dict) -> bool:
@@ -117,7 +172,7 @@ def _fmt(x: float | None, unit: str = "") -> str:
 
 
 def write_markdown(rows: list[dict], info: dict, args: argparse.Namespace, seconds: float,
-                   failed: dict[str, str] | None = None) -> str:
+                   failed: dict[str, str] | None = None, skipped: dict[str, str] | None = None) -> str:
     lines = ["# PET Studio benchmarks", ""]
     cmd = "python bench/run.py" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
     lines += [f"Generated by `{cmd}` in {seconds:.0f} s. Medians of repeated runs after warm-up "
@@ -136,6 +191,11 @@ def write_markdown(rows: list[dict], info: dict, args: argparse.Namespace, secon
     if failed:
         lines += ["", "## Failures in this run", ""]
         lines += [f"- `{name}`: {why}" for name, why in failed.items()]
+    if skipped:
+        lines += ["", "Skipped by `--quick` (their rows, if any, are from an earlier run): "
+                  + "; ".join(f"`{name}` ({why})" for name, why in skipped.items()) + "."]
+    if any(r.get("quick") for r in rows):
+        lines += ["", "Rows marked ‡ come from a `--quick` run (fewer repetitions): a smoke check, not for reporting."]
     earlier = sorted({r.get("measured_at") for r in rows if r.get("measured_at") != info["date"]} - {None})
     if earlier:
         lines += ["", f"Rows marked † were measured in an earlier run ({', '.join(earlier)}; kept by `--only` or "
@@ -147,7 +207,7 @@ def write_markdown(rows: list[dict], info: dict, args: argparse.Namespace, secon
         met = "" if "met" not in r else ("yes" if r["met"] else "**no**")
         ratio = "–" if r.get("ratio") is None else f"{r['ratio']:.3g}×"
         u = r["unit"]
-        mark = " †" if r.get("measured_at") != info["date"] else ""
+        mark = (" †" if r.get("measured_at") != info["date"] else "") + (" ‡" if r.get("quick") else "")
         lines.append(f"| {r['name']}{mark} | {_fmt(r['value'], u)} | {_fmt(r.get('p90'), u)} | {_fmt(r.get('min'), u)} | "
                      f"{_fmt(r.get('baseline'), u)} | {ratio} | {r.get('goal', '')} | {met} | {r.get('reps', '')} |")
     lines += ["", "## Goals", ""]
@@ -178,11 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for b in BENCHMARKS:
-            print(f"{b.name:24} {b.description}")
+            print(f"{b.name:24} {b.description}" + ("" if b.quick else "  [not in --quick]"))
         return 0
 
     setup_torch()
     chosen = select(args.only)
+    skipped: dict[str, str] = {}
+    if args.quick and not args.only:   # a benchmark named in --only runs even when it is not quick
+        skipped = {b.name: b.quick_note or "long" for b in chosen if not b.quick}
+        chosen = [b for b in chosen if b.quick]
     ctx = Context(quick=args.quick, reps=5 if args.quick else 20, warmup=1 if args.quick else 2,
                   data_dir=args.data_dir, log=lambda m: print(m, flush=True))
     info = machine()
@@ -190,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({info['torch_threads']} threads), load average {info['load_avg']}", flush=True)
 
     start = time.perf_counter()
+    for name, why in skipped.items():
+        print(f"[{name}] skipped by --quick: {why} (run it with --only {name}; its previous rows are kept)",
+              flush=True)
+    prepare_models(ctx)
     fresh: list[dict] = []
     failed: dict[str, str] = {}
+    took: dict[str, float] = {}
     for b in chosen:
         print(f"[{b.name}] {b.description}", flush=True)
         t0 = time.perf_counter()
@@ -200,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken benchmark must not lose the others' results
             traceback.print_exc()
             failed[b.name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            print(f"  FAILED after {time.perf_counter() - t0:.1f} s: {failed[b.name]}", flush=True)
+            took[b.name] = time.perf_counter() - t0
+            print(f"  FAILED after {took[b.name]:.1f} s: {failed[b.name]}", flush=True)
             continue
         for res in results:
             row = res.as_dict()
@@ -212,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             met = "" if "met" not in row else ("  goal met" if row["met"] else "  goal NOT met")
             print(f"  {row['name']}: {row['value']:.4g} {row['unit']}"
                   f" (baseline {row['baseline']}){ratio}{met}", flush=True)
-        print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
+        took[b.name] = time.perf_counter() - t0
+        print(f"  ({took[b.name]:.1f} s)", flush=True)
     seconds = time.perf_counter() - start
     info["load_avg_end"] = load_avg()
     if busy(info):
@@ -220,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{info['cores_usable']} cores: other processes competed for the CPU", flush=True)
 
     rows = fresh
-    if (args.only or failed) and RESULTS_JSON.is_file():
+    if (args.only or failed or skipped) and RESULTS_JSON.is_file():
         # keep the previous rows of the benchmarks not run, or that failed this time
         ran = {b.name for b in chosen} - set(failed)
         try:
@@ -234,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         order = [b.name for b in BENCHMARKS]
         rows = sorted(kept + fresh, key=lambda r: order.index(r["group"]) if r.get("group") in order else len(order))
     RESULTS_JSON.write_text(json.dumps(rows, indent=1) + "\n")
-    RESULTS_MD.write_text(write_markdown(rows, info, args, seconds, failed))
-    print(f"wrote {os.path.relpath(RESULTS_JSON)} and {os.path.relpath(RESULTS_MD)} ({seconds:.0f} s)")
+    RESULTS_MD.write_text(write_markdown(rows, info, args, seconds, failed, skipped))
+    print(f"wrote {os.path.relpath(RESULTS_JSON)} and {os.path.relpath(RESULTS_MD)}")
+    print("wall time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()))
+    print(f"total wall time: {seconds:.0f} s ({seconds / 60:.1f} min) for {len(chosen)} benchmark(s)"
+          + (f", {len(skipped)} skipped by --quick" if skipped else ""), flush=True)
+    wait_for_background_evaluations()
     if failed:
         print(f"{len(failed)} benchmark(s) failed: {', '.join(failed)}", flush=True)
         return 1
