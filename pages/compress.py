@@ -100,10 +100,11 @@ st.caption((f"{metric.name.capitalize()} is **measured** on the decoded weights 
            "encoding takes; Export writes the packed file and measures it); masks and fake quantization give "
            "**no speed-up** (simulated: physical pruning and ONNX int8 on Export are the real ones)."
            + (f" With Huffman coding: {huff:,} B ({b['size_bytes'] / huff:.1f}×, accounted)." if huff else
+              " The Huffman-coded size comes with the exact number." if metric_view.estimated(report) else
               " The Huffman-coded size of a model this large is computed on Export, not on every move.")
            + (f" Recorded as run #{report['run_id']}." if report.get("run_id") else ""))
 if metric_view.estimated(report):
-    @st.fragment(run_every=0.25)
+    @st.fragment(run_every=state.poll_seconds())
     def exact_watch() -> None:
         """Polls the background exact evaluation; the whole page reruns with the exact number."""
         if state.exact_ready():

@@ -196,9 +196,10 @@ def open_workbench(baseline: Baseline) -> Workbench:
     ds = baseline.dataset
     identity = None
     if ds is not None:      # equal model content on equal data: one shared evaluation engine and its values
-        from pet_core.runs import identity as identity_of
+        from pet_core.ledger import model_hash
 
-        ident = identity_of(baseline)
-        identity = (ident["model_hash"], ident["dataset_hash"])
+        if "model_hash" not in baseline.info:        # cached where pet_core.runs.identity looks too
+            baseline.info["model_hash"] = model_hash(baseline.model)
+        identity = (baseline.info["model_hash"], ds.fingerprint)
     return Workbench(baseline.model, None if ds is None else ds.x_test, None if ds is None else ds.y_test,
                      task=baseline.task, identity=identity)

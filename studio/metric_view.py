@@ -75,7 +75,8 @@ def evaluation_text(report: dict[str, Any]) -> str:
 
 
 def show_report(where, report: dict[str, Any], *, help: str = "") -> None:
-    """The compressed model's metric of ``report``, labelled exact or estimate ("≈ 97.10% ± 0.60")."""
+    """The compressed model's metric of ``report``, labelled exact or estimate ("Accuracy (estimate) ± 0.60":
+    "≈ 97.10%")."""
     metric = metric_of(report)
     now, before = value(report, "compressed"), value(report, "baseline")
     if not estimated(report) or now is None:
@@ -85,6 +86,7 @@ def show_report(where, report: dict[str, Any], *, help: str = "") -> None:
     half = (ev["high"] - ev["low"]) / 2
     spread = f"± {100 * half:.2f}" if metric.name == "accuracy" else f"± {half:.2f}"
     delta = change(metric, now, before)
-    where.metric(f"{title(metric)} (estimate)", f"≈ {metric.format(now)} {spread}",
+    # the interval goes in the label: a narrow column cuts the value's end off
+    where.metric(f"{title(metric)} (estimate) {spread}", f"≈ {metric.format(now)}",
                  None if delta is None else delta, delta_color="normal" if metric.higher_is_better else "inverse",
                  help=evaluation_text(report) + "; the exact number follows")

@@ -342,6 +342,14 @@ def _finish(report: dict[str, Any]) -> dict[str, Any] | None:
     return exact
 
 
+def poll_seconds() -> float:
+    """How often Compress asks for the pending exact number: about the time it takes, within 0.5–2 s
+    (each poll is a small rerun that competes with the evaluation for the server's cores)."""
+    wb = ss.get("workbench")
+    predicted = None if wb is None or not wb.measures else wb.engine.predicted_exact_seconds()
+    return min(2.0, max(0.5, predicted or 0.5))
+
+
 def exact_ready() -> bool:
     """True when the session's estimated report has its exact number (or nothing is pending)."""
     cached = ss.get("report")

@@ -69,7 +69,7 @@ def test_estimate_first_then_the_exact_number_which_alone_is_recorded(slow_every
     at = on_compress(recipe, "ana")
     assert not at.exception, [e.value for e in at.exception]
     label, value = first_metric(at)
-    assert label == "Accuracy (estimate)" and value.startswith("≈ ") and "±" in value
+    assert label.startswith("Accuracy (estimate) ± ") and value.startswith("≈ ")
     assert "estimate on" in at.caption[0].value and "of 10,000 test items" in at.caption[0].value
     assert not [r for r in Ledger().runs(kinds=["post-training"])   # nothing recorded from an estimate
                 if r["owner"] == "ana" and r["recipe"]["default"]["prune"]["sparsity"] == 0.91]
@@ -89,7 +89,7 @@ def test_estimate_first_then_the_exact_number_which_alone_is_recorded(slow_every
 def test_other_pages_wait_for_the_exact_number(slow_everything):
     recipe = at_sparsity(0.92)
     at = on_compress(recipe, "ben")
-    assert first_metric(at)[0] == "Accuracy (estimate)"
+    assert first_metric(at)[0].startswith("Accuracy (estimate)")
     at.switch_page("pages/pareto.py").run()
     assert not at.exception, [e.value for e in at.exception]
     runs = [r for r in Ledger().runs(kinds=["post-training"]) if r["owner"] == "ben"

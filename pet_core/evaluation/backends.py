@@ -31,6 +31,18 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
+def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy with every floating parameter and buffer scaled by its own random factors in [1, 1.25)
+    (signs kept: a variance stays positive): no two tensors are equal, unless they are one tensor."""
+    twin = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(twin.parameters()) + list(twin.buffers()):
+            if t.is_floating_point():
+                t.mul_(1 + 0.25 * torch.rand(t.shape, generator=gen, dtype=t.dtype))
+    return twin
+
+
 class EagerBackend:
     """The model itself, under ``torch.inference_mode`` (the reference every other backend must equal)."""
 
@@ -62,8 +74,6 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         from pet_core.export.onnx_export import _quiet
-
-        from pet_core.evaluation.engine import perturbed
 
         self.x_np = x.numpy()
         buf = io.BytesIO()
@@ -144,4 +154,4 @@ class CudaBackend:
         return run
 
 
-__all__ = ["CudaBackend", "EagerBackend", "OnnxRuntimeBackend", "Run"]
+__all__ = ["CudaBackend", "EagerBackend", "OnnxRuntimeBackend", "Run", "perturbed"]

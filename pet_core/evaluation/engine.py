@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import threading
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pet_core.errors import PetError
-from pet_core.evaluation.backends import CudaBackend, EagerBackend, OnnxRuntimeBackend, Run
+from pet_core.evaluation.backends import CudaBackend, EagerBackend, OnnxRuntimeBackend, Run, perturbed
 from pet_core.evaluation.estimate import Estimate, accuracy_estimate, nll_estimate, stratified_subset
 from pet_core.metrics import LM_BATCH_SIZE, PERPLEXITY, metric_for
 
@@ -102,6 +101,7 @@ class EvalEngine:
         if self.wanted == "auto" and not torch.cuda.is_available():
             eager = EagerBackend(self.x).bind(model)
             projected = min(_time(lambda: eager(probe)) for _ in range(2)) * self.total / probe.stop
+            self._observe(projected)
             if projected <= FAST_ENOUGH_S:     # a small set: exporting and checking would cost more than it saves
                 self.choice = {"backend": "eager", "why": f"eager takes {projected * 1e3:.0f} ms for the whole set"}
                 return EagerBackend(self.x)
@@ -125,6 +125,7 @@ class EvalEngine:
             self.choice = {"backend": "eager", "refused": refused, "why": "no other backend agreed"}
             return EagerBackend(self.x)
         best = min(timings, key=timings.get)
+        self.seconds_per_item = timings[best] / 1e3 / probe.stop     # warm: what the next runs will take
         self.choice = {"backend": best, "probe_ms": {k: round(v, 2) for k, v in timings.items()},
                        "probe_items": probe.stop, "refused": refused}
         return built[best]
@@ -169,7 +170,7 @@ class EvalEngine:
             return hit
         start = time.perf_counter()
         value = self.value_of(self.outcomes(model, cancel=cancel))
-        self.seconds_per_item = (time.perf_counter() - start) / max(1, self.total)
+        self._observe(time.perf_counter() - start)
         if key is not None:
             self.remember(key, value)
         return value
@@ -192,9 +193,15 @@ class EvalEngine:
         if self._baseline is None:
             start = time.perf_counter()
             out = self.outcomes(model)
-            self.seconds_per_item = (time.perf_counter() - start) / max(1, self.total)
+            self._observe(time.perf_counter() - start)
             self._baseline = (self.value_of(out), out)
         return self._baseline
+
+    def _observe(self, seconds: float) -> None:
+        """Keep the fastest per-item time seen: what this machine can do warm and unloaded (a first,
+        cold run or one slowed by other sessions must not make every later number an estimate)."""
+        per_item = seconds / max(1, self.total)
+        self.seconds_per_item = per_item if self.seconds_per_item is None else min(self.seconds_per_item, per_item)
 
     def predicted_exact_seconds(self) -> float | None:
         """How long an exact evaluation took last time (None before the first)."""
@@ -239,18 +246,6 @@ class EvalEngine:
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy with every floating parameter and buffer scaled by its own random factors in [1, 1.25)
-    (signs kept: a variance stays positive): no two tensors are equal, unless they are one tensor."""
-    twin = copy.deepcopy(model).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in list(twin.parameters()) + list(twin.buffers()):
-            if t.is_floating_point():
-                t.mul_(1 + 0.25 * torch.rand(t.shape, generator=gen, dtype=t.dtype))
-    return twin
 
 
 def _agree(reference: torch.Tensor, got: torch.Tensor) -> bool:
