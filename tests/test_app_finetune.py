@@ -18,6 +18,7 @@ from pet_core.ledger import Ledger
 from pet_core.loader import load_baseline
 from pet_core.runs import open_run
 from studio.state import ledger as app_ledger
+from pet_core.workspace import ledger_path
 from test_app import assert_clean, key, metrics, new_app
 
 POLL_LIMIT_S = 120   # a 0.5-epoch run on digits takes a few seconds in the worker
@@ -26,14 +27,11 @@ POLL_LIMIT_S = 120   # a 0.5-epoch run on digits takes a few seconds in the work
 @pytest.fixture(scope="module", autouse=True)
 def _model_in_cache_and_app_ledger():
     """The default zoo model in the session's cache (conftest), so neither the page nor the worker trains
-    it; and the app's ledger opened afresh on this session's workspace (conftest). The app keeps one
-    ledger per process (``st.cache_resource``), so without the clear it would still be the one a module
-    before this one opened (tests/test_app.py uses its own workspace), and after it the next module
-    would inherit this one."""
+    it; and the app's ledger is this session's workspace's (conftest): the app keeps one ledger per
+    ledger file, so a module before this one with its own workspace (tests/test_app.py) does not leak."""
     load_baseline("lenet_300_100", "digits")
-    app_ledger.clear()
+    assert app_ledger().path == ledger_path()
     yield
-    app_ledger.clear()
 
 
 def buttons(at: AppTest) -> dict:
