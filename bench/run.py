@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     took: dict[str, float] = {}
     for b in chosen:
         print(f"[{b.name}] {b.description}", flush=True)
+        # every benchmark starts at BENCH_THREADS: the app (app_server_*) sets one intra-op thread for its
+        # process (pet_core.threads), which would otherwise hold for every benchmark after it
+        setup_torch()
         t0 = time.perf_counter()
         try:
             results = b.fn(ctx)
