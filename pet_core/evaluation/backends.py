@@ -61,8 +61,10 @@ class EagerBackend:
 
 
 class OnnxRuntimeBackend:
-    """The architecture exported once to ONNX with every parameter and buffer turned into a graph
-    input, run by onnxruntime; ``bind`` feeds the model's current tensors (no copy when contiguous).
+    """The architecture exported once to ONNX; ``bind`` opens a session of that graph with the model's
+    current tensors written in as its initializers, so ONNX Runtime prepacks them as it does for any
+    model: as fast as the dense model exported the usual way, with no re-export (no tracing) per move,
+    only a copy of the weights. The session is kept per model until one of its tensors changes.
 
     Raises whatever the exporter raises for a model it cannot trace; the engine then keeps eager.
     """
@@ -71,42 +73,62 @@ class OnnxRuntimeBackend:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, threads: int | None = None) -> None:
         import onnx
-        import onnxruntime as ort
 
         from pet_core.export.onnx_export import _quiet
 
         self.x_np = x.numpy()
+        self.threads = threads or torch.get_num_threads()
         buf = io.BytesIO()
         with _quiet():   # exported from a copy whose tensors all differ: the exporter merges equal ones
-            torch.onnx.export(perturbed(model, seed=1), (x[:2],), buf, dynamo=False, input_names=[INPUT], output_names=["logits"],
-                              dynamic_axes={INPUT: {0: "batch"}}, do_constant_folding=False,
-                              training=torch.onnx.TrainingMode.PRESERVE)
+            torch.onnx.export(perturbed(model, seed=1), (x[:2],), buf, dynamo=False, input_names=[INPUT],
+                              output_names=["logits"], dynamic_axes={INPUT: {0: "batch"}},
+                              do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
         graph = onnx.load_from_string(buf.getvalue())
         keys = set(model.state_dict())
-        self.fed: list[str] = []
-        kept = []
-        for init in graph.graph.initializer:
-            if init.name in keys:   # a parameter or buffer: fed at run time, never folded into the graph
-                graph.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-                self.fed.append(init.name)
-            else:
-                kept.append(init)
+        # a parameter or buffer is written in at bind time; the graph's own values (the twin's) are dropped
+        self.fed = [init.name for init in graph.graph.initializer if init.name in keys]
+        kept = [init for init in graph.graph.initializer if init.name not in keys]
         del graph.graph.initializer[:]
         graph.graph.initializer.extend(kept)
+        self.template = graph
+        self._sessions: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+        self.output = self._session(model)[0].get_outputs()[0].name
+
+    def _session(self, model: nn.Module) -> tuple:
+        """(session, ...) for ``model``'s current tensors: the kept one while none of them changed."""
+        import onnxruntime as ort
+
+        state = model.state_dict()
+        tensors = [state[name].detach().contiguous() for name in self.fed]
+        mark = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = id(model)
+        with self._lock:
+            kept = self._sessions.get(key)
+            if kept is not None and kept[1] == mark:
+                return kept
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")   # a shared server's cores
-        self.session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.output = self.session.get_outputs()[0].name
+        from onnx import ModelProto, numpy_helper
+
+        graph = ModelProto()
+        graph.CopyFrom(self.template)
+        graph.graph.initializer.extend(numpy_helper.from_array(t.numpy(), name) for name, t in zip(self.fed, tensors))
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        kept = (session, mark)
+        with self._lock:
+            if key not in self._sessions:
+                weakref.finalize(model, self._sessions.pop, key, None)
+            self._sessions[key] = kept
+        return kept
 
     def bind(self, model: nn.Module) -> Run:
-        state = model.state_dict()
-        feeds = {name: state[name].detach().contiguous().numpy() for name in self.fed}
+        session = self._session(model)[0]
 
         def run(index: Any) -> torch.Tensor:
-            out = self.session.run([self.output], {INPUT: self.x_np[index], **feeds})[0]
-            return torch.from_numpy(out)
+            return torch.from_numpy(session.run([self.output], {INPUT: self.x_np[index]})[0])
         return run
 
 
