@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import (app_latency, deploy, engine, eval_engine, finetune_results, gpt2_scale,  # noqa: E402
-                   jobs_isolation, nm_sparse)
+                   jobs_isolation, nm_sparse, room)
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -71,7 +71,19 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: app_latency.bench_server("lenet_300_100", ctx)),
     Benchmark("app_server_mnist_cnn", "Compress slider move through the app (AppTest), mnist_cnn",
               lambda ctx: app_latency.bench_server("mnist_cnn", ctx)),
-    Benchmark("app_browser_lenet_300_100", "Compress slider key press to new metric in Chromium, lenet_300_100",
+    Benchmark("room_lenet_300_100", "30 participants move the Compress slider every 5 s on one server "
+              "(lenet_300_100, digits): first/exact number p50/p95, errors, server RSS",
+              room.bench_room_lenet, quick=False,
+              quick_note="a live server and 30 websocket participants for 2 min: about 3 min"),
+    Benchmark("room_mnist_cnn", "10 participants move the Compress slider every 5 s on one server "
+              "(mnist_cnn, MNIST): first/exact number p50/p95, errors, server RSS",
+              room.bench_room_mnist_cnn, quick=False,
+              quick_note="a live server and 10 websocket participants for 2 min: about 3 min"),
+    Benchmark("app_browser_mnist_cnn", "Compress slider key press to first number, exact number, Size in Chromium, "
+              "mnist_cnn", lambda ctx: app_latency.bench_browser("mnist_cnn", ctx), quick=False,
+              quick_note="a live server driven by Chromium, each press waiting for the exact number: about 3 min"),
+    Benchmark("app_browser_lenet_300_100", "Compress slider key press to first number, exact number, Size in "
+              "Chromium, lenet_300_100",
               lambda ctx: app_latency.bench_browser("lenet_300_100", ctx), quick=False,
               quick_note="a live server driven by Chromium: over 2 min, and its 60 s waits time out on a busy machine"),
     Benchmark("nm_sparse", "2:4 semi-structured Linear on sparse tensor cores vs dense (CUDA only)",

@@ -21,9 +21,11 @@ True
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 
@@ -31,10 +33,22 @@ from pet_core.evaluation.engine import Cancelled
 
 
 
+_RUNNERS: "weakref.WeakSet[ExactRunner]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, cancel and join what still runs: a thread left inside ONNX Runtime aborts the process."""
+    for runner in list(_RUNNERS):
+        runner.close()
+        runner.wait(10)
+
+
 class ExactRunner:
     """Background exact evaluations of one workbench (one per session)."""
 
     def __init__(self, wb: Any) -> None:
+        _RUNNERS.add(self)
         self.wb = wb
         self.lock = threading.Lock()
         self._cancel = threading.Event()
