@@ -10,7 +10,7 @@ absent, said so in the rows); models are loaded (trained only when not cached) b
   path). The engine's per-item correctness is compared with eager PyTorch's on the full test set.
   For mnist_cnn also the batch size of the engine's ONNX Runtime backend (128 / 256 / 512 / 1000).
 * :func:`bench_first_number`: what ``studio.state.evaluate(progressive=True)`` does on a move —
-  ``apply`` + an estimate (when ``exact_is_slow(0.15)``) or the exact value + ``report`` — against
+  ``apply`` + an estimate (when ``exact_is_slow(ESTIMATE_FIRST_ABOVE_S)``, 0.08 s) or the exact value + ``report`` — against
   the old path (apply + eager full evaluation + report).
 
 Repetitions: ``ctx.reps`` rounds, fewer (at least 5) for a model whose round takes long (resnet_mini's
@@ -37,6 +37,7 @@ from torch import nn
 from bench.common import Context, Goal, Result, measure_many, median, p90
 from bench.engine import QUANT, _load
 from pet_core.accuracy import logits_of
+from pet_core.evaluation.engine import ESTIMATE_FIRST_ABOVE_S
 from pet_core.loader import open_workbench
 from pet_core.metrics import evaluate as eager_evaluate
 from pet_core.recipe import Recipe
@@ -44,7 +45,7 @@ from pet_core.zoo import list_models
 
 ORT_BATCH = 256                  # the dense ONNX Runtime baseline's batch
 ORT_BATCHES = (128, 256, 512, 1000)
-SLOW_EXACT_S = 0.15              # studio.state.SLOW_EXACT_S (not imported: that module imports streamlit)
+SLOW_EXACT_S = ESTIMATE_FIRST_ABOVE_S   # what studio.state uses (that module imports streamlit)
 FIRST_NUMBER_GOAL_MS = 100.0
 CHECK_RECIPES = 3                # recipes on which the engine's outcomes are compared with eager's (1 when slow)
 MODEL_BUDGET_S = 20.0            # timed rounds per model and benchmark: fewer than ctx.reps when a round is slow

@@ -20,6 +20,7 @@ from typing import Any
 import streamlit as st
 
 from pet_core.errors import PetError
+from pet_core.evaluation.engine import ESTIMATE_FIRST_ABOVE_S
 from pet_core.layers import compressible_layers
 from pet_core.ledger import Ledger
 from pet_core.loader import Baseline, is_zoo_name, open_workbench
@@ -230,7 +231,7 @@ def _ledger(path: str) -> Ledger:
     return Ledger(path)
 
 
-SLOW_EXACT_S = 0.15   # an exact evaluation expected to take longer is shown as an estimate first (Compress)
+SLOW_EXACT_S = ESTIMATE_FIRST_ABOVE_S   # an exact number expected to take longer: an estimate first (Compress)
 
 
 def exact_runner(wb: Workbench):

@@ -37,6 +37,7 @@ SUBSET_SIZE = 1000          # items an estimate looks at, at most
 MIN_SUBSET = 200            # and at least
 ESTIMATE_BUDGET_S = 0.05    # a slow model's subset is smaller: an estimate should take about this long
 PROBE_SIZE = 512            # items a backend is timed and checked on
+ESTIMATE_FIRST_ABOVE_S = 0.08  # an exact number expected to take longer is shown as an estimate first (the app)
 FAST_ENOUGH_S = 0.05        # eager evaluating the whole set this fast is kept without trying others
 ORT_MAX_PARAMS = 20_000_000  # larger models stay eager (export and its checks would cost too much)
 CACHED_VALUES = 4096        # exact values kept per engine
@@ -285,4 +286,4 @@ def shared_engine(identity: Any, x: torch.Tensor, y: torch.Tensor | None, task: 
         return engine
 
 
-__all__ = ["BACKENDS", "Cancelled", "EvalEngine", "SUBSET_SIZE", "shared_engine"]
+__all__ = ["BACKENDS", "Cancelled", "ESTIMATE_FIRST_ABOVE_S", "EvalEngine", "SUBSET_SIZE", "shared_engine"]
