@@ -9,7 +9,6 @@ This is what makes a slider move cost milliseconds rather than a deepcopy.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -217,8 +216,10 @@ class Workbench:
         """What the working copy holds: the canonical post-training recipe (None while it is being applied)."""
         if self.recipe is None:
             return None
+        from pet_core.pareto import recipe_key
+
         d = self.recipe.to_dict()
-        return json.dumps({"default": d.get("default"), "layers": d.get("layers")}, sort_keys=True)
+        return recipe_key({"default": d.get("default"), "layers": d.get("layers")})
 
     def evaluate(self, model: nn.Module | None = None, *, cancel: Any = None) -> float | None:
         """The task's metric (top-1 accuracy as a fraction, or perplexity) of the working copy, or of
