@@ -1,4 +1,4 @@
-"""``python -m pet_core``: models, analyze, evaluate, finetune, export, runs — the same numbers as the app.
+"""``python -m pet_core``: models, analyze, evaluate, finetune, export, runs, sensitivity, plan, compare — the same numbers as the app.
 
 Bad input exits 2 with one line on stderr. Accuracies are fractions in [0, 1]; sizes are bytes. A
 language model's metric is perplexity (lower is better); the text output names the metric.
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pet_core.analysis import analysis_report
-from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, print_runs, record_evaluation_run,
-                               record_finetune_run, runs_command)
+from pet_core.cli_plan import add_plan_parsers, plan_command, print_plan, print_sensitivity
+from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, owner_of, print_runs,
+                               record_evaluation_run, record_finetune_run, runs_command)
 from pet_core.errors import PetError
 from pet_core.export.formats import FORMATS
 from pet_core.loader import is_run_source, load_baseline, open_workbench
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--physical", action="store_true",
                    help="remove channel-pruned channels for real (Torch-Pruning) before writing")
     add_runs_parser(sub)
+    add_plan_parsers(sub, _common, add_record_args)
     return parser
 
 
@@ -125,6 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "export" and args.run is not None:
         return export_run(args)
     recipe, baseline = _context(args)
+    if args.command in ("sensitivity", "plan"):
+        return plan_command(args, baseline, owner_of(args))
     wb = open_workbench(baseline)
     wb.apply(recipe)
     ds = baseline.dataset
@@ -210,6 +214,11 @@ def _stop_on_sigterm(stop: threading.Event):
 def _print_text(command: str, out: Any) -> None:
     if command == "runs":
         print_runs(out)
+        return
+    if command in ("sensitivity", "plan"):
+        (print_sensitivity if command == "sensitivity" else print_plan)(out)
+        if out.get("run_id") is not None:
+            print(f"recorded as run {out['run_id']}", file=sys.stderr)
         return
     if out.get("run_id") is not None:
         print(f"recorded as run {out['run_id']} (python -m pet_core runs show {out['run_id']})", file=sys.stderr)

@@ -32,10 +32,13 @@ from pet_core.errors import PetError
 from pet_core.workspace import ledger_path
 
 SCHEMA_VERSION = 1
-KINDS = ("baseline", "post-training", "sweep", "fine-tuned", "export")
+KINDS = ("baseline", "post-training", "sweep", "fine-tuned", "export", "sensitivity")
 STATUSES = ("queued", "running", "done", "stopped", "failed", "cancelled")
 # Kinds whose identical configuration is one run, updated in place, not a new row each time.
-UPSERT_KINDS = ("baseline", "post-training", "sweep")
+UPSERT_KINDS = ("baseline", "post-training", "sweep", "sensitivity")
+# Kinds that are one run for everybody (they depend on the model, data and settings only, not on who asked).
+SHARED_KINDS = ("baseline", "sensitivity")
+MODEL_KINDS = ("baseline", "post-training", "sweep", "fine-tuned", "export")   # runs that describe a model
 JSON_COLUMNS = ("recipe", "metrics", "extra")
 
 # Migrations: MIGRATIONS[v] takes a ledger at schema v to v + 1.
@@ -184,7 +187,8 @@ class Ledger:
              owner: str = "me") -> int | None:
         """The id of the recorded run ``record`` would update for this configuration, or None.
 
-        Only upserted kinds (baseline, post-training, sweep) have one; a baseline is shared by all owners.
+        Only upserted kinds (baseline, post-training, sweep, sensitivity) have one; a baseline and a
+        sensitivity analysis are shared by all owners.
         """
         with closing(self._connect()) as db:
             return self._identical(db, kind, model_hash, dataset_hash, canonical_recipe_key(recipe), owner)
@@ -195,7 +199,7 @@ class Ledger:
             return None
         query = "SELECT id FROM runs WHERE kind = ? AND model_hash = ? AND dataset_hash = ? AND recipe_key = ?"
         args: tuple = (kind, model_hash, dataset_hash, key)
-        if kind != "baseline":      # a baseline is one run for everybody
+        if kind not in SHARED_KINDS:      # a baseline is one run for everybody
             query += " AND owner = ?"
             args += (owner,)
         row = db.execute(query + " ORDER BY id LIMIT 1", args).fetchone()

@@ -391,15 +391,18 @@ def source_identity() -> dict[str, Any] | None:
 
 
 def runs(everyone: bool = False, kinds: list[str] | None = None) -> list[dict[str, Any]]:
-    """This source's runs of its metric from the ledger (this user's, or everyone's), baseline first."""
+    """This source's runs of its metric from the ledger (this user's, or everyone's), baseline first;
+    ``kinds`` None: the runs that describe a model (not a sensitivity analysis)."""
     from pet_core.runs import run_metric
 
     ident = source_identity()
     if ident is None:
         return []
     metric = baseline().metric.name       # runs of another metric (another task's head) are not mixed in
+    from pet_core.ledger import MODEL_KINDS
+
     rows = ledger().runs(model_hash=ident["model_hash"], dataset_hash=ident["dataset_hash"],
-                         kinds=kinds)
+                         kinds=MODEL_KINDS if kinds is None else kinds)
     rows = [r for r in rows if r["kind"] == "export" or run_metric(r)["name"] == metric]
     if not everyone:
         rows = [r for r in rows if r["kind"] == "baseline" or r["owner"] == user()]

@@ -1,4 +1,4 @@
-"""The tasks a worker process runs: first-use training, fine-tuning, sweeps.
+"""The tasks a worker process runs: first-use training, fine-tuning, sweeps, sensitivity analyses, plans.
 
 Each task takes a :class:`JobContext` plus plain data (names, recipe dicts, paths), so it can be
 sent to another process; it loads what it needs itself, never touches a model of the server
@@ -99,6 +99,40 @@ def sweep_default(default: dict[str, Any], sparsity: float, bits: int) -> dict[s
     return out
 
 
+def sensitivity(ctx: JobContext, source: dict[str, Any], ladder: dict[str, Any], ledger_path: str,
+                owner: str) -> dict[str, Any]:
+    """Per-layer sensitivity of the source (cached in the ledger per model, dataset and ladder)."""
+    from pet_core.ledger import Ledger
+    from pet_core.plan_runs import sensitivity_run
+    from pet_core.sensitivity import SensitivityConfig
+
+    def progress(event: dict) -> None:
+        ctx.report({**event, "stage": f"sensitivity: {event.get('stage', '')}"}, keep=True)
+
+    result = sensitivity_run(Ledger(ledger_path), _load(source, ctx), SensitivityConfig.from_dict(ladder),
+                             owner=owner, progress=progress, cancel=ctx)
+    return {"run_id": result.get("run_id"), "cached": result.get("cached"), "complete": result["complete"],
+            "stopped_reason": ctx.reason}
+
+
+def plan(ctx: JobContext, source: dict[str, Any], target: dict[str, Any], ladder: dict[str, Any],
+         ledger_path: str, owner: str, budget_s: float | None = None) -> dict[str, Any]:
+    """Plan per-layer settings for ``target`` (ratio, size_bytes or max_drop); the planned run is recorded."""
+    from pet_core.ledger import Ledger
+    from pet_core.plan import PlanTarget
+    from pet_core.plan_runs import plan_run
+    from pet_core.sensitivity import SensitivityConfig
+
+    def progress(event: dict) -> None:
+        ctx.report(event, keep=event.get("stage") == "measuring plans")
+
+    out = plan_run(Ledger(ledger_path), _load(source, ctx), PlanTarget(**target), SensitivityConfig.from_dict(ladder),
+                   owner=owner, budget_s=budget_s, progress=progress, cancel=ctx)
+    return {"run_id": out["run_id"], "met": out["met"], "measured": out["measured"], "target": out["target"],
+            "search": {k: v for k, v in out["search"].items() if k != "history"}, "recipe": out["recipe"],
+            "stopped_reason": ctx.reason}
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, JobStopped):
         return str(exc)
@@ -106,4 +140,4 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-TASKS = {"pretrain": pretrain, "finetune": finetune, "sweep": sweep}
+TASKS = {"pretrain": pretrain, "finetune": finetune, "sweep": sweep, "sensitivity": sensitivity, "plan": plan}
