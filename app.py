@@ -50,8 +50,10 @@ nav = st.navigation([
     st.Page("pages/model.py", title="Model", icon="🧠"),
     st.Page("pages/weights.py", title="Weights", icon="📊"),
     st.Page("pages/compress.py", title="Compress", icon="🎚️"),
+    st.Page("pages/plan.py", title="Sensitivity & plan", icon="🎯"),
     st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
     st.Page("pages/pareto.py", title="Pareto", icon="📈"),
+    st.Page("pages/compare.py", title="Compare", icon="🔀"),
     st.Page("pages/export.py", title="Export", icon="📦"),
 ])
 state.init()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pet_core.analysis import analysis_report
+from pet_core.cli_compare import add_compare_parser, compare_command, print_compare
 from pet_core.cli_plan import add_plan_parsers, plan_command, print_plan, print_sensitivity
 from pet_core.cli_runs import (add_record_args, add_runs_parser, export_run, owner_of, print_runs,
                                record_evaluation_run, record_finetune_run, runs_command)
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove channel-pruned channels for real (Torch-Pruning) before writing")
     add_runs_parser(sub)
     add_plan_parsers(sub, _common, add_record_args)
+    add_compare_parser(sub)
     return parser
 
 
@@ -124,6 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"methods": describe_methods(), "fields": describe_steps()}
     if args.command == "runs":
         return runs_command(args)
+    if args.command == "compare":
+        return compare_command(args)
     if args.command == "export" and args.run is not None:
         return export_run(args)
     recipe, baseline = _context(args)
@@ -214,6 +218,9 @@ def _stop_on_sigterm(stop: threading.Event):
 def _print_text(command: str, out: Any) -> None:
     if command == "runs":
         print_runs(out)
+        return
+    if command == "compare":
+        print_compare(out)
         return
     if command in ("sensitivity", "plan"):
         (print_sensitivity if command == "sensitivity" else print_plan)(out)

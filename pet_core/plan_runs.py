@@ -25,9 +25,12 @@ def plan_run(ledger, baseline, target: PlanTarget, config: SensitivityConfig | N
              progress: Callable[[dict], None] | None = None, cancel: Any = None) -> dict[str, Any]:
     """Sensitivity (cached), plan, measure, refine; the planned run recorded in ``ledger`` (when given)."""
     from pet_core.loader import open_workbench
-    from pet_core.runs import record_evaluation
+    from pet_core.recipe import Recipe
+    from pet_core.runs import identity, record_evaluation
 
     wb = open_workbench(baseline)
+    ident = identity(baseline)          # the planned recipe names the model and dataset as the ledger does
+    wb.apply(Recipe(model=ident["model"], dataset=ident["dataset"]))
     result = sensitivity_run(ledger, baseline, config or SensitivityConfig(), owner=owner, wb=wb,
                              progress=progress, cancel=cancel)
     if not result.get("complete"):

@@ -129,6 +129,7 @@ def plan(ctx: JobContext, source: dict[str, Any], target: dict[str, Any], ladder
     out = plan_run(Ledger(ledger_path), _load(source, ctx), PlanTarget(**target), SensitivityConfig.from_dict(ladder),
                    owner=owner, budget_s=budget_s, progress=progress, cancel=ctx)
     return {"run_id": out["run_id"], "met": out["met"], "measured": out["measured"], "target": out["target"],
+            "layers": out["layers"], "baseline": out["baseline"], "metric": out["metric"],
             "search": {k: v for k, v in out["search"].items() if k != "history"}, "recipe": out["recipe"],
             "stopped_reason": ctx.reason}
 
