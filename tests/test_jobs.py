@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pet_core.errors import PetError
-from pet_core.jobs import JobRunner
+from pet_core.jobs import JobRunner, tasks
+from pet_core.jobs.context import STOP_FILE, JobContext
 from pet_core.ledger import Ledger
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.recipe import Recipe
@@ -116,3 +117,41 @@ def test_a_session_that_ends_has_its_jobs_cancelled(runner, workspace):
     assert wait(b)["state"] == "cancelled"
     assert wait(a)["state"] in ("stopped", "cancelled")
     assert "gone" not in runner.owners()
+
+
+class StopAsked(JobContext):
+    """A job context whose stop file appears after ``n`` progress reports (as the Stop button writes it)."""
+
+    def __init__(self, folder, n: int) -> None:
+        super().__init__(folder)
+        self.n = n
+
+    def report(self, progress, **kw) -> None:
+        super().report(progress, **kw)
+        self.n -= 1
+        if self.n == 0:
+            (self.folder / STOP_FILE).touch()
+            self._last_check = 0.0
+
+
+def test_a_stopped_sensitivity_task_records_nothing(workspace, tmp_path):
+    ctx = StopAsked(tmp_path, 3)
+    out = tasks.sensitivity(ctx, SOURCE, {"sparsities": [0.5, 0.9], "bits": [8, 4]}, str(workspace.path), "hana")
+    assert out["complete"] is False and out["run_id"] is None and out["stopped_reason"] == "stopped on request"
+    assert workspace.runs(kinds=["sensitivity"], owner="hana") == []
+
+
+def test_a_plan_job_records_its_run_under_the_analysis(runner, workspace):
+    small = {"sparsities": [0.5, 0.9], "bits": [8, 4]}
+    job = runner.submit("plan", {"source": SOURCE, "target": {"ratio": 10}, "ladder": small,
+                                 "ledger_path": str(workspace.path), "owner": "hana"}, owner="s8")
+    status = wait(job)
+    assert status["state"] == "done", status
+    out = status["result"]
+    run = workspace.get(out["run_id"])
+    assert run["owner"] == "hana" and run["metrics"]["accuracy"] == out["measured"]["accuracy"]
+    assert workspace.get(run["parent_id"])["kind"] == "sensitivity" and out["met"]
+    wb = open_workbench(load_baseline("lenet_300_100", "digits"))
+    wb.apply(Recipe.from_dict(out["recipe"]))
+    assert wb.evaluate() == out["measured"]["accuracy"]
+    assert sum(r.size_bytes for r in wb.sizes()) == out["measured"]["size_bytes"]
