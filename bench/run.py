@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import (app_latency, deploy, engine, eval_engine, finetune_results, gpt2_scale,  # noqa: E402
-                   jobs_isolation, nm_sparse, room)
+                   jobs_isolation, nm_sparse, plan, room)
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +105,15 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("finetune_overhead_mnist_cnn", "fine-tuning samples/s, mask + fake quant vs a plain loop",
               lambda ctx: finetune_results.bench_overhead("mnist_cnn", ctx), quick=False,
               quick_note="trains epochs to time them: about 55 s"),
+    Benchmark("sensitivity_time_lenet_300_100", "sensitivity() with the default ladder (10 sparsities x 4 bit "
+              "widths) on lenet_300_100 (MNIST) vs as many eager exact evaluations",
+              lambda ctx: plan.bench_sensitivity_time("lenet_300_100", ctx)),
+    Benchmark("sensitivity_time_mnist_cnn", "sensitivity() with the default ladder on mnist_cnn (MNIST) vs as many "
+              "eager exact evaluations", lambda ctx: plan.bench_sensitivity_time("mnist_cnn", ctx), quick=False,
+              quick_note="a whole sensitivity analysis of mnist_cnn, twice: about 1 min"),
+    Benchmark("plan_vs_uniform", "plan() vs uniform vs global magnitude at 10x/20x/40x accounted bytes, "
+              "lenet_300_100 and mnist_cnn (MNIST)", plan.bench_plan_vs_uniform, quick=False,
+              quick_note="two sensitivity analyses, 6 plans and 30 bisected references: several minutes"),
 ]
 
 
