@@ -29,10 +29,11 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 LOCAL_SCHEMES = {"data", "blob", "about", "chrome-extension", "chrome"}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES = {"home": "/", "model": "/model", "weights": "/weights", "compress": "/compress",
-         "finetune": "/finetune", "pareto": "/pareto", "export": "/export"}
+PAGES = {"home": "/", "model": "/model", "weights": "/weights", "compress": "/compress", "plan": "/plan",
+         "finetune": "/finetune", "pareto": "/pareto", "compare": "/compare", "export": "/export"}
 TITLES = {"home": "PET Studio", "model": "Model", "weights": "Weights", "compress": "Compress",
-          "finetune": "Fine-tune", "pareto": "Pareto", "export": "Export"}
+          "plan": "Sensitivity & plan", "finetune": "Fine-tune", "pareto": "Pareto", "compare": "Compare",
+          "export": "Export"}
 FIRST_LOAD_MS = 240_000   # the first page load trains the model into the empty cache
 RERUN_MS = 60_000
 

@@ -293,7 +293,7 @@ def test_plain_streamlit_run_renders_every_page_and_moves_a_slider(plain_server,
     page = browser.new_page()
     open_url(page, plain_server, tb.TITLES["home"])       # the app's root first: see test_browser's xfail
     assert_no_exception(page, "home")
-    for name in ("model", "weights", "compress", "finetune", "pareto", "export", "home"):
+    for name in ("model", "weights", "compress", "plan", "finetune", "pareto", "compare", "export", "home"):
         go(page, name)
         assert_no_exception(page, name)
         if name == "compress":
@@ -552,3 +552,54 @@ def test_closing_the_tab_cancels_its_fine_tune(digits_cache, browser, tmp_path):
         done = run["metrics"]["finetune"]["steps"]
         total = run["extra"]["finetune"]["total_steps"]
         assert done < total, (done, total)   # stopped, not finished
+
+
+# --- 6. sensitivity → plan → Compress → compare ------------------------------------------------------
+
+ANALYSIS_MS = 180_000       # 3 layers × 14 rungs on digits in a worker: seconds alone, more on a busy machine
+
+
+def test_analyse_plan_load_into_compress_and_compare(digits_cache, browser, tmp_path):
+    ws, user = tmp_path / "ws", "ana"
+    with app_server(digits_cache, ws) as url:
+        page = browser.new_page()
+        open_url(page, f"{url}/plan?user={user}", "Sensitivity")
+        page.get_by_role("button", name=re.compile("Analyse")).click()
+        page.get_by_text(re.compile("Layers ranked most tolerant first")).wait_for(timeout=ANALYSIS_MS)
+        wait_idle(page)
+        assert_no_exception(page, "plan: sensitivity")
+        page.locator(".js-plotly-plot").first.wait_for(timeout=RERUN_MS)
+        screenshot(page, "wf_plan_sensitivity")
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2    # heatmap + curves
+        [analysis] = ledger_runs(ws, kinds=["sensitivity"])
+        ranking = analysis["metrics"]["sensitivity"]["ranking"]
+        table = grid_rows(page.locator('[data-testid="stDataFrame"]').first)
+        assert [r["layer"] for r in table] == ranking
+
+        page.get_by_role("button", name=re.compile(r"^🎯 Plan$")).click()
+        size = metric_value(page, "Size (accounted)")
+        size.wait_for(timeout=ANALYSIS_MS)
+        wait_idle(page)
+        assert_no_exception(page, "plan: result")
+        planned = [r for r in ledger_runs(ws) if r["parent_id"] == analysis["id"]]
+        assert len(planned) == 1 and planned[0]["owner"] == user
+        assert size.inner_text().strip() == f"{planned[0]['metrics']['size_bytes']:,} B"
+        assert metric_value(page, "Target").inner_text().startswith("met")
+        screenshot(page, "wf_plan_result")
+
+        page.get_by_role("button", name=re.compile("Load into Compress")).click()
+        page.get_by_text("Loaded the planned recipe into Compress.").wait_for(timeout=RERUN_MS)
+        go(page, "compress")
+        assert_no_exception(page, "compress after loading the plan")
+        assert metric_value(page, "Size").inner_text().strip() == f"{planned[0]['metrics']['size_bytes']:,} B"
+        screenshot(page, "wf_plan_in_compress")
+
+        go(page, "compare")
+        agreement = metric_value(page, "Agreement")
+        agreement.wait_for(timeout=RERUN_MS)
+        wait_idle(page)
+        assert_no_exception(page, "compare")
+        assert agreement.inner_text().strip().endswith("%")
+        screenshot(page, "wf_compare")
+        assert not browser.page_errors, browser.page_errors
+        page.close()
