@@ -110,10 +110,10 @@ BENCHMARKS: list[Benchmark] = [
               lambda ctx: plan.bench_sensitivity_time("lenet_300_100", ctx)),
     Benchmark("sensitivity_time_mnist_cnn", "sensitivity() with the default ladder on mnist_cnn (MNIST) vs as many "
               "eager exact evaluations", lambda ctx: plan.bench_sensitivity_time("mnist_cnn", ctx), quick=False,
-              quick_note="a whole sensitivity analysis of mnist_cnn, twice: about 1.5 min"),
+              quick_note="a whole sensitivity analysis of mnist_cnn, twice: 40 s idle, 2 min on a busy machine"),
     Benchmark("plan_vs_uniform", "plan() vs uniform vs global magnitude at 10x/20x/40x accounted bytes, "
               "lenet_300_100 and mnist_cnn (MNIST)", plan.bench_plan_vs_uniform, quick=False,
-              quick_note="two sensitivity analyses, 6 plans and 30 bisected references: about 2 min"),
+              quick_note="two sensitivity analyses, 6 plans and 30 bisected references: 1 min idle, 4 min on a busy machine"),
 ]
 
 
