@@ -11,19 +11,19 @@ from studio import compare_view, state
 from studio.text import plain
 
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("🔀 Compare runs")
+st.title("Compare runs")
 base = state.baseline()
 if base is None:
     st.stop()
 if base.weights_only:
     st.info("Comparing runs means running both models on test data, and this model was loaded without a dataset "
             "(weights only). Load it with a dataset on the Model page.")
-    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.page_link("pages/model.py", label="Choose a dataset", icon=":material/neurology:")
     st.stop()
 runs = {r["id"]: r for r in state.runs(everyone=True) if r["status"] in ("done", "stopped")}
 if not runs:
     st.info("No finished runs of this model and dataset yet: Compress records one for every setting you try.")
-    st.page_link("pages/compress.py", label="Compress", icon="🎚️")
+    st.page_link("pages/compress.py", label="Compress", icon=":material/tune:")
     st.stop()
 ids = list(runs)
 a0, b0 = compare_view.default_pair(list(runs.values()))

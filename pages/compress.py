@@ -19,7 +19,7 @@ from studio.controls import (Control, column_specs, controls_from_default, defau
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("🎚️ Compress")
+st.title("Compress")
 wb = state.workbench()
 if wb is None:
     st.stop()

@@ -45,7 +45,7 @@ def _opened(run_id: int):
 
 
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("📦 Export")
+st.title("Export")
 report = state.evaluate()
 if report is None:
     st.stop()
@@ -81,8 +81,10 @@ st.caption(f"Run #{run_id} ({run['kind']}, {run['status']}, by {run['owner']}): 
 
 st.subheader("Recipe")
 c1, c2 = st.columns(2)
-c1.download_button("⬇️ Recipe (YAML)", dumps(recipe, "yaml"), f"{stem}.yaml", "application/x-yaml")
-c2.download_button("⬇️ Recipe (JSON)", dumps(recipe, "json"), f"{stem}.json", "application/json")
+c1.download_button("Recipe (YAML)", dumps(recipe, "yaml"), f"{stem}.yaml", "application/x-yaml",
+                    icon=":material/download:")
+c2.download_button("Recipe (JSON)", dumps(recipe, "json"), f"{stem}.json", "application/json",
+                    icon=":material/download:")
 st.code(dumps(recipe, "yaml"), language="yaml")
 command = cli_command(recipe, f"{stem}.yaml", ss["source"].get("data_dir"))
 st.markdown("Reproduce these numbers headless, or export exactly this run's weights:")
@@ -92,9 +94,9 @@ st.subheader("Weights and report")
 state_dict = wb.model.state_dict()
 # Written when clicked, not on every rerun (a big model takes seconds); a tied tensor is stored under each of
 # its names, as safetensors refuses tensors that share memory.
-st.download_button("⬇️ Run's weights (safetensors)", lambda: save({k: v.detach().cpu().contiguous().clone()
+st.download_button("Run's weights (safetensors)", lambda: save({k: v.detach().cpu().contiguous().clone()
                                                                    for k, v in state_dict.items()}),
-                   f"{stem}.safetensors")
+                   f"{stem}.safetensors", icon=":material/download:")
 tensor_bytes = sum(v.numel() * v.element_size() for v in state_dict.values())
 st.caption(f"This file holds the run's **decoded** weights ({tensor_bytes:,} bytes of fp32 tensors, plus a header), "
            f"not yet the packed {m.get('size_bytes', 0):,} B the accounting reports: build the packed file below "
@@ -104,8 +106,8 @@ if run["kind"] != "baseline":   # the HTML report names the metric (not measured
     figures = [sparsity_bars([r["name"] for r in layers if r["params"]],
                              [1 - r["nonzero"] / r["params"] for r in layers if r["params"]]),
                pareto_figure(run_points(runs, metric.name), metric=metric.to_dict())]
-    st.download_button("⬇️ Report (HTML)", html_report(wb.report(), figures, command), f"{stem}-report.html",
-                       "text/html")
+    st.download_button("Report (HTML)", html_report(wb.report(), figures, command), f"{stem}-report.html",
+                       "text/html", icon=":material/download:")
 
 st.subheader("Deployable artifacts (measured)")
 st.caption("Each file is written, loaded back and run: its size is the file on disk, its accuracy and latency "
@@ -114,7 +116,7 @@ c1, c2 = st.columns(2)
 fmt = c1.selectbox("Format", list(FORMATS), key="x_format", format_func=lambda f: FORMATS[f][0])
 physical = c2.toggle("Remove pruned channels for real (Torch-Pruning)", key="x_physical",
                      help="channel pruning only: a smaller dense model with the same outputs")
-if st.button("🔨 Build and measure", key="x_build"):
+if st.button("Build and measure", key="x_build", icon=":material/build:"):
     with st.spinner(f"Writing {fmt}, loading it back, timing it…"):
         try:
             source, label = wb, f"#{run_id} {fmt}"
@@ -142,7 +144,8 @@ if artifacts:
         with open(a["path"], "rb") as f:
             data = f.read()
         c1, c2 = st.columns([1, 1])
-        c1.download_button(f"⬇️ {label} ({len(data):,} B)", data, a["path"].rsplit("/", 1)[-1], key=f"dl_{label}")
+        c1.download_button(f"{label} ({len(data):,} B)", data, a["path"].rsplit("/", 1)[-1], key=f"dl_{label}",
+                            icon=":material/download:")
         if a["format"] == "onnx" and c2.toggle("Open in Netron", key=f"x_netron_{label}"):
             from studio.netron import publish
 

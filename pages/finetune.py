@@ -17,7 +17,7 @@ from studio.controls import finetune_from_controls
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("🏋️ Fine-tune")
+st.title("Fine-tune")
 wb = state.workbench()
 report = state.evaluate()
 if wb is None or report is None:
@@ -25,7 +25,7 @@ if wb is None or report is None:
 if not wb.measures:
     st.info("Fine-tuning trains the compressed model on data, and this model was loaded without a dataset "
             "(weights only). Load it with a dataset on the Model page to fine-tune it.")
-    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.page_link("pages/model.py", label="Choose a dataset", icon=":material/neurology:")
     st.stop()
 metric = metric_view.metric_of(report)
 
@@ -71,7 +71,7 @@ except PetError as exc:
 handle = ss.get("finetune_job")
 running = handle is not None and not handle.job.done
 b1, b2 = st.columns(2)
-if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
+if b1.button("Start", type="primary", disabled=running, key="f_start", icon=":material/play_arrow:"):
     base = state.baseline()
     ident = identity(base)
     source = state.job_source(base)
@@ -89,7 +89,7 @@ if b1.button("▶️ Start", type="primary", disabled=running, key="f_start"):
     except PetError as exc:
         ledger.update(run_id, status="cancelled", error=str(exc))
         st.error(plain(exc))
-if b2.button("⏹️ Stop", disabled=not running, key="f_stop"):
+if b2.button("Stop", disabled=not running, key="f_stop", icon=":material/stop:"):
     jobs.runner().cancel(handle.job.id)
 
 
@@ -108,7 +108,8 @@ def live() -> None:
                 f"(the server runs {jobs.runner().max_workers} at a time).")
     last = status.get("progress") or {}
     if status["state"] == "running" and not last.get("steps"):
-        st.info(f"⏳ Preparing in a worker process (loading the model and data)… {status.get('elapsed_s', 0):.0f} s")
+        st.info(f"Preparing in a worker process (loading the model and data)… {status.get('elapsed_s', 0):.0f} s",
+                icon=":material/hourglass_top:")
     if status["state"] == "running" and last.get("steps"):
         st.progress(min(1.0, last["step"] / max(1, last["steps"])),
                     text=f"step {last['step']}/{last['steps']} · {last.get('samples_per_s', 0):,.0f} samples/s · "
@@ -137,10 +138,10 @@ def live() -> None:
         st.caption("The run is in the ledger: Pareto shows it, Export builds exactly these weights. "
                    "Your Compress settings are unchanged.")
         e1, e2 = st.columns(2)
-        if e1.button("📦 Export this run", key="f_export"):
+        if e1.button("Export this run", key="f_export", icon=":material/package_2:"):
             ss["export_run"] = run["id"]
             st.switch_page("pages/export.py")
-        if e2.button("↪️ Continue from this run", key="f_continue",
+        if e2.button("Continue from this run", key="f_continue", icon=":material/redo:",
                      help="make this fine-tuned model the baseline and compress it further (its runs keep this "
                           "run as their parent)"):
             state.continue_from_run(run)

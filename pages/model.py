@@ -16,7 +16,7 @@ from studio import metric_view, sources, state
 from studio.text import plain
 
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("🧠 Model")
+st.title("Model")
 src = st.session_state["source"]
 models = {m.name: m for m in list_models()}
 by_path = sources.paths_allowed()
@@ -54,7 +54,7 @@ with st.form("source_form"):
                         help="what the model does, when its folder's config fits several heads or a file is not an "
                              "image classifier; it decides the dataset's form and the metric")
     trust_code = env_trusts_code() and c1.checkbox(   # offered only when the server owner started it so
-        "Trust this file's code ⚠️", key="m_trust_code",
+        "Trust this file's code :material/warning:", key="m_trust_code",
         help="Lets a pickled module, TorchScript or a torch.export program load. Loading and running them "
              "executes code from the file on this server, with its rights: only for files you would run "
              "yourself. Offered because the server was started with PET_TRUST_CODE=1.")

@@ -16,7 +16,7 @@ from studio.pareto_view import lineage_edges, run_points
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("📈 Pareto")
+st.title("Pareto")
 wb = state.workbench()
 report = state.evaluate()
 if wb is None or report is None:
@@ -25,7 +25,7 @@ if not wb.measures:
     st.info(f"The Pareto plot compares measured runs, and this model was loaded without a dataset (weights only): "
             f"its {wb.metric.name} is not measured. Load it with a dataset on the Model page to compare runs; "
             f"Compress shows its sizes and errors meanwhile.")
-    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.page_link("pages/model.py", label="Choose a dataset", icon=":material/neurology:")
     st.stop()
 metric = wb.metric.to_dict()
 
@@ -35,7 +35,8 @@ with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
     bits = c2.multiselect("Bits", [2, 3, 4, 5, 6, 8], default=[2, 4, 8])
     handle = ss.get("sweep")
     running = handle is not None and not handle.job.done
-    if c1.button("▶️ Run sweep", disabled=running or not sparsities or not bits, key="p_sweep"):
+    if c1.button("Run sweep", disabled=running or not sparsities or not bits, key="p_sweep",
+                 icon=":material/play_arrow:"):
         source = state.job_source(state.baseline())
         try:
             ss["sweep"] = jobs.submit("sweep", {"source": source, "recipe": state.recipe().to_dict(),
@@ -45,7 +46,7 @@ with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
             st.rerun()
         except PetError as exc:
             st.error(plain(exc))
-    if c2.button("⏹️ Stop sweep", disabled=not running, key="p_stop"):
+    if c2.button("Stop sweep", disabled=not running, key="p_stop", icon=":material/stop:"):
         jobs.runner().cancel(handle.job.id)
 
 c1, c2 = st.columns(2)
@@ -82,7 +83,7 @@ def chart() -> None:
             recipe = Recipe.from_dict(run["recipe"]) if run["recipe"] else Recipe()
             state.set_recipe(recipe.replace(finetune={}))
             st.success(f"Loaded run #{run['id']} into Compress.")
-            st.page_link("pages/compress.py", label="Open Compress", icon="🎚️")
+            st.page_link("pages/compress.py", label="Open Compress", icon=":material/tune:")
     table = pd.DataFrame([{"run": p["id"], "parent": p["parent_id"], "kind": p["series"], "owner": p["owner"],
                            "label": p["label"], metric["name"]: p[metric["name"]], "size_bytes": p["size_bytes"],
                            "compression_ratio": p["compression_ratio"]} for p in points])

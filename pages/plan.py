@@ -12,7 +12,7 @@ from studio import plan_view, state
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("🎯 Sensitivity & plan")
+st.title("Sensitivity & plan")
 wb = state.workbench()
 report = state.evaluate()
 if wb is None or report is None:
@@ -20,7 +20,7 @@ if wb is None or report is None:
 if not wb.measures:
     st.info(f"Sensitivity and plans measure the {wb.metric.name} of each setting, and this model was loaded "
             "without a dataset (weights only). Load it with a dataset on the Model page.")
-    st.page_link("pages/model.py", label="Choose a dataset", icon="🧠")
+    st.page_link("pages/model.py", label="Choose a dataset", icon=":material/neurology:")
     st.stop()
 metric = wb.metric.to_dict()
 
@@ -33,10 +33,11 @@ if config is not None and result is None:
     c1, c2 = st.columns(2)
     busy = plan_view.running("pl_sens_job")
     label = f"{len(wb.names)} layers × {len(config.points())} settings"
-    if c1.button(f"▶️ Analyse ({label})", disabled=busy, key="pl_sens_go", type="primary"):
+    if c1.button(f"Analyse ({label})", disabled=busy, key="pl_sens_go", type="primary",
+                 icon=":material/play_arrow:"):
         plan_view.submit("sensitivity", {"ladder": config.to_dict()}, f"sensitivity {label}", "pl_sens_job")
         st.rerun()
-    if c2.button("⏹️ Stop", disabled=not busy, key="pl_sens_stop"):
+    if c2.button("Stop", disabled=not busy, key="pl_sens_stop", icon=":material/stop:"):
         plan_view.jobs.runner().cancel(ss["pl_sens_job"].job.id)
 
 
@@ -65,12 +66,12 @@ st.caption("Per-layer sparsity and bits chosen from the sensitivity curves (a kn
 asked = plan_view.target_controls(model_bytes(wb.baseline), metric["name"])
 c1, c2 = st.columns(2)
 busy = plan_view.running("pl_plan_job")
-if c1.button("🎯 Plan", disabled=busy or config is None, key="pl_plan_go", type="primary"):
+if c1.button("Plan", disabled=busy or config is None, key="pl_plan_go", type="primary", icon=":material/target:"):
     ss.pop("pl_plan_result", None)
     plan_view.submit("plan", {"target": asked["target"], "ladder": config.to_dict(), "budget_s": asked["budget_s"]},
                      "plan", "pl_plan_job")
     st.rerun()
-if c2.button("⏹️ Stop planning", disabled=not busy, key="pl_plan_stop"):
+if c2.button("Stop planning", disabled=not busy, key="pl_plan_stop", icon=":material/stop:"):
     plan_view.jobs.runner().cancel(ss["pl_plan_job"].job.id)
 
 

@@ -18,7 +18,7 @@ from studio.layer_view import baseline_stats, cached, overlay_counts, relative_e
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
-st.title("📊 Weights")
+st.title("Weights")
 report = state.evaluate(progressive=True)   # no metric shown here: an estimate is enough, no wait
 wb = state.workbench()
 if report is None or wb is None:

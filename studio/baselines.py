@@ -79,7 +79,8 @@ def show_pretraining() -> None:
         status = handle.job.status()
         p = status.get("progress") or {}
         if status["state"] in ("queued",):
-            st.info(f"⏳ Training {handle.job.label} on first use: waiting for a free worker…")
+            st.info(f"Training {handle.job.label} on first use: waiting for a free worker…",
+                    icon=":material/hourglass_top:")
         elif status["state"] == "running":
             done = 0.0
             if p.get("epochs"):

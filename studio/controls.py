@@ -21,9 +21,9 @@ from pet_core.steps import STEPS, kind_of, method_of
 
 # Each kind of step as one group of controls, in the page's column order.
 KIND_UI = {
-    PruneMethod: dict(key="c_prune", title="✂️ Pruning", off="off", picker="selectbox"),
-    CodeMethod: dict(key="c_code", title="🔢 Weights stored as", off="fp32", picker="radio"),
-    FactorMethod: dict(key="c_factor", title="📉 Low rank (SVD)", off="off", picker="radio"),
+    PruneMethod: dict(key="c_prune", title="Pruning", off="off", picker="selectbox"),
+    CodeMethod: dict(key="c_code", title="Weights stored as", off="fp32", picker="radio"),
+    FactorMethod: dict(key="c_factor", title="Low rank (SVD)", off="off", picker="radio"),
 }
 
 

@@ -139,7 +139,7 @@ def show_plan(result: dict[str, Any]) -> None:
                    delta_color="normal" if metric["higher_is_better"] else "inverse")
     cols[1].metric("Size (accounted)", f"{m['size_bytes']:,} B", f"{m['compression_ratio']:.1f}× smaller",
                    delta_color="off")
-    cols[2].metric("Target", "met ✅" if result["met"] else "not met ⚠️",
+    cols[2].metric("Target", "met" if result["met"] else "not met",
                    help="not met: nothing measured reached it; this is the closest")
     s = result["search"]
     cols[3].metric("Search", f"{s['evaluations']} measured", f"{s['seconds']:.1f} s · {s['stopped']}",
@@ -151,9 +151,9 @@ def show_plan(result: dict[str, Any]) -> None:
                f"predicted optimum; filled/refined: a measured neighbour that did better). Recorded as run "
                f"#{result.get('run_id')}, under its sensitivity run, on the Pareto plot.")
     c1, c2 = st.columns(2)
-    if c1.button("🎚️ Load into Compress", key="pl_load", type="primary"):
+    if c1.button("Load into Compress", key="pl_load", type="primary", icon=":material/tune:"):
         now = state.recipe()
         state.set_recipe(Recipe.from_dict(result["recipe"]).replace(model=now.model, dataset=now.dataset, finetune={}))
         st.success("Loaded the planned recipe into Compress.")
-    c2.page_link("pages/compress.py", label="Open Compress", icon="🎚️")
-    c2.page_link("pages/pareto.py", label="See it on the Pareto plot", icon="📈")
+    c2.page_link("pages/compress.py", label="Open Compress", icon=":material/tune:")
+    c2.page_link("pages/pareto.py", label="See it on the Pareto plot", icon=":material/show_chart:")

@@ -11,12 +11,12 @@ def render(where) -> None:
     src = st.session_state["source"]
     state.keep_in_address()
     with where:
-        name = st.text_input("👤 Your name", value=state.user(), key="s_user", max_chars=32,
+        name = st.text_input("Your name", value=state.user(), key="s_user", max_chars=32,
                              help="your runs are recorded under this name; kept in the page address")
         if state.clean_user(name) != state.user():
             st.session_state["user"] = state.clean_user(name)
             st.query_params["user"] = st.session_state["user"]
             st.rerun()
         data = "weights only" if state.weights_only() else f"on **{plain(src['dataset'].rsplit('/', 1)[-1], 60)}**"
-        st.caption(f"🧠 **{plain(src['model'].rstrip('/').rsplit('/', 1)[-1], 60)}** {data}")
-        st.caption(f"📝 {state.summary()}")
+        st.caption(f":material/neurology: **{plain(src['model'].rstrip('/').rsplit('/', 1)[-1], 60)}** {data}")
+        st.caption(f":material/edit_note: {state.summary()}")

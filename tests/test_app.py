@@ -4,6 +4,7 @@ The oracle for every number on a page is the engine itself, called independently
 recipe: a page adds no numbers of its own.
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from pet_core.workbench import Workbench
 from pet_core.zoo import adapt_dataset
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/model.py", "pages/weights.py", "pages/compress.py", "pages/pareto.py", "pages/export.py"]
+# Every page of the navigation in app.py (st.Page("pages/...")), read from it so a page added there is covered.
+PAGES = re.findall(r'st\.Page\(\s*"(pages/[^"]+\.py)"', Path(APP).read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,6 +68,7 @@ def app() -> AppTest:
 
 
 def test_every_page_renders_without_exception(app):
+    assert {"pages/plan.py", "pages/compare.py", "pages/finetune.py", "pages/export.py"} <= set(PAGES), PAGES
     assert_clean(app)
     assert "Accuracy" in metrics(app)
     for page in PAGES:

@@ -206,6 +206,28 @@ def assert_no_exception(page, where: str) -> None:
     assert err.count() == 0, f"{where}: st.error shown: {err.first.inner_text()[:2000]}"
 
 
+def assert_icons_render(page, where: str) -> None:
+    """Every icon is a Material Symbol drawn by Streamlit's bundled font, not an emoji (a box without an
+    emoji font): the font face loaded offline, and each visible icon is one glyph about as wide as it is tall,
+    not its name spelt out in a fallback font."""
+    from test_icons import EMOJI
+
+    page.evaluate("() => document.fonts.ready.then(() => true)")
+    text = page.evaluate("() => document.body.innerText")
+    assert not EMOJI.findall(text), f"{where}: emoji shown: {sorted(set(EMOJI.findall(text)))}"
+    loaded = page.evaluate("() => [...document.fonts].filter(f => f.family.includes('Material Symbols')"
+                           " && f.status === 'loaded').length")
+    assert loaded >= 1, f"{where}: the Material Symbols font did not load"
+    icons = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stIconMaterial"]')]
+        .map(e => { const r = e.getBoundingClientRect();
+                    return {name: e.textContent, w: r.width, h: r.height,
+                            nav: !!e.closest('[data-testid="stSidebarNav"]')}; })
+        .filter(i => i.w > 0 && i.h > 0)""")
+    assert sum(i["nav"] for i in icons) >= 5, f"{where}: sidebar navigation icons: {icons}"
+    wide = [i for i in icons if i["w"] > 1.5 * i["h"]]
+    assert not wide, f"{where}: icons drawn as text, not glyphs: {wide}"
+
+
 def screenshot(page, name: str) -> Path:
     """A full-page screenshot: Streamlit scrolls inside stMain, so grow the viewport to its height."""
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -270,6 +292,7 @@ def test_every_page_renders_offline(server, browser):
     for name in PAGES:
         open_page(page, server, name, FIRST_LOAD_MS)
         assert_no_exception(page, name)
+        assert_icons_render(page, name)
         screenshot(page, name)
         if name == "compress":
             assert sparsity_slider(page).count() == 1
@@ -295,7 +318,7 @@ def test_sidebar_navigation(server, browser):
     page = browser.new_page()
     open_page(page, server, "home", FIRST_LOAD_MS)
     nav = page.locator('[data-testid="stSidebarNav"]')
-    for name in ("weights", "compress", "finetune", "pareto", "export", "model", "home"):
+    for name in ("weights", "compress", "plan", "finetune", "pareto", "compare", "export", "model", "home"):
         nav.get_by_role("link", name=re.compile(TITLES[name] if name != "home" else "Home")).first.click()
         page.get_by_role("heading", name=re.compile(TITLES[name])).first.wait_for()
         wait_idle(page)

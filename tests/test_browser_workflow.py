@@ -576,7 +576,7 @@ def test_analyse_plan_load_into_compress_and_compare(digits_cache, browser, tmp_
         table = grid_rows(page.locator('[data-testid="stDataFrame"]').first)
         assert [r["layer"] for r in table] == ranking
 
-        page.get_by_role("button", name=re.compile(r"^🎯 Plan$")).click()
+        page.get_by_role("button", name=re.compile(r"^Plan$")).click()
         size = metric_value(page, "Size (accounted)")
         size.wait_for(timeout=ANALYSIS_MS)
         wait_idle(page)
