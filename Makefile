@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8501
 # `make run HOST=0.0.0.0` opens the app to the network (README: Running a shared server)
 HOST   ?= 127.0.0.1
+# `make run HOST=0.0.0.0 WORKSHOP=ml-101 BUDGET=20x INSTRUCTOR_KEY=...` runs a workshop (README: Running a workshop)
+WORKSHOP_ENV = $(if $(WORKSHOP),PET_WORKSHOP_CODE='$(WORKSHOP)') $(if $(BUDGET),PET_WORKSHOP_BUDGET='$(BUDGET)') \
+               $(if $(INSTRUCTOR_KEY),PET_WORKSHOP_INSTRUCTOR_KEY='$(INSTRUCTOR_KEY)')
 
 .PHONY: setup setup-dev run test bench clean
 
@@ -23,7 +26,7 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 run: setup
-	$(PY) -m studio.serve --server.port $(PORT) --server.address $(HOST)
+	$(WORKSHOP_ENV) $(PY) -m studio.serve --server.port $(PORT) --server.address $(HOST)
 
 test: setup-dev
 	$(PY) -m pytest -q

@@ -41,7 +41,8 @@ def home() -> None:
                + (f"{metric.name} is *measured* on decoded weights." if metric_view.measured(report) else
                   f"{metric.name} is *not measured* (weights only: no dataset)."))
     st.subheader("Where next")
-    cols = st.columns(5)
+    cols = st.columns(6)
+    cols[5].page_link("pages/learn.py", label="Learn the techniques", icon=":material/school:")
     cols[0].page_link("pages/model.py", label="Pick a model", icon=":material/neurology:")
     cols[1].page_link("pages/weights.py", label="See the weights", icon=":material/bar_chart:")
     cols[2].page_link("pages/compress.py", label="Compress", icon=":material/tune:")
@@ -59,6 +60,8 @@ nav = st.navigation([
     st.Page("pages/pareto.py", title="Pareto", icon=":material/show_chart:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/export.py", title="Export", icon=":material/package_2:"),
+    st.Page("pages/learn.py", title="Lessons", icon=":material/school:"),
+    st.Page("pages/board.py", title="Class board", icon=":material/leaderboard:"),
 ])
 state.init()
 summary = st.sidebar.container()   # filled after the page ran, so it shows the page's latest recipe

@@ -13,7 +13,7 @@ from pet_core.runs import identity
 from pet_core.training import pick_device
 from studio import jobs, metric_view, state
 from studio.text import plain
-from studio.controls import finetune_from_controls
+from studio.controls import finetune_from_controls, fit_length
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
@@ -28,6 +28,7 @@ if not wb.measures:
     st.page_link("pages/model.py", label="Choose a dataset", icon=":material/neurology:")
     st.stop()
 metric = metric_view.metric_of(report)
+fit_length(ss, state.source_key(), len(state.baseline().dataset.y_train))   # ~500 steps by default
 
 
 st.caption(f"Trains a copy of the compressed model (never the baseline) on **{pick_device().type.upper()}**. "

@@ -272,13 +272,29 @@ def layers_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "f_epochs": 2.0, "f_lr": 1e-3, "f_batch_size": 128, "f_optimizer": "adam", "f_schedule": "cosine",
+    "f_epochs": 2.0, "f_lr": 3e-3, "f_batch_size": 128, "f_optimizer": "adam", "f_schedule": "cosine",
     "f_qat": True, "f_distill": False, "f_temperature": 4.0, "f_alpha": 0.7,
     "f_l1": False, "f_l1_strength": 1e-5,
     "f_gradual": False, "f_initial_sparsity": 0.0, "f_start_epoch": 0.0, "f_end_epoch": 1.0, "f_frequency": 50,
     "f_lottery": False, "f_rounds": 3, "f_rewind": "early",
     "f_lora": False, "f_lora_rank": 4, "f_lora_alpha": 8.0, "f_lora_layers": "*",
 }
+
+
+DEFAULT_STEPS = 500   # visibly recovers: lenet_300_100/digits 31% -> 97% in ~3 s, the MNIST CNN in ~1 min on 2 cores
+
+
+def fit_length(c: Any, source_key: str, n_train: int) -> None:
+    """Set the epochs (``c`` is the session state) to about :data:`DEFAULT_STEPS` optimiser steps, or to
+    the steps a preset asked for (``f_steps_wanted``), whenever the model or dataset changes; a length
+    the person typed for this source is kept."""
+    from pet_core.finetune.trainer import epochs_for_steps
+
+    steps = c.pop("f_steps_wanted", None)
+    if steps or c.get("f_epochs_for") != source_key:
+        epochs = epochs_for_steps(n_train, int(c["f_batch_size"]), int(steps or DEFAULT_STEPS))
+        c["f_epochs"] = min(100.0, max(0.1, epochs))
+        c["f_epochs_for"] = source_key
 
 
 def finetune_from_controls(c: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,20 @@ class Split:
     y_val: Tensor       # (V,)
 
 
+def epochs_for_steps(n_train: int, batch_size: int, steps: int) -> float:
+    """The epochs (rounded up to 0.1) that make at least ``steps`` optimiser steps on a training set of
+    ``n_train`` examples, of which :func:`split` holds out ``VAL_FRACTION``.
+
+    >>> epochs_for_steps(1347, 128, 500)      # digits' training set
+    50.0
+    >>> epochs_for_steps(60000, 128, 500)     # MNIST's
+    1.2
+    """
+    n_val = int(n_train * VAL_FRACTION) if n_train >= 10 else 0
+    per_epoch = max(1, math.ceil((n_train - n_val) / batch_size))
+    return math.ceil(10 * steps / per_epoch) / 10
+
+
 def split(dataset: Dataset, seed: int, device: torch.device) -> Split:
     """Hold out ``VAL_FRACTION`` of the training set; on CUDA the tensors move there once."""
     n = len(dataset.y_train)
