@@ -92,6 +92,7 @@ lessons, _ = lesson_view.lessons()
 guesses = room.guesses(cfg.code)
 if guesses:
     st.subheader("The room's guesses")
+    st.caption("Each dot is one person's guess; the red line is the measured answer.")
     by_lesson = {x.id: x for x in lessons}
     cols = st.columns(3)
     for i, lesson_id in enumerate(dict.fromkeys(g["lesson"] for g in guesses)):

@@ -35,15 +35,15 @@ left, right = st.columns([5, 6])
 with left:
     st.header(lesson.title)
     st.markdown(lesson.text)
-    for formula in lesson.formulas:
-        st.latex(formula)
-    if lesson.references:
-        st.caption("References: " + "; ".join(plain(r) for r in lesson.references))
 with right:
     if base is not None:
         fig = lesson_view.figure(lesson, base)
         if fig is not None:
             st.plotly_chart(fig, key=f"l_fig_{lesson.id}", width="stretch")
+for formula in lesson.formulas:        # full width: a display formula is wider than a column
+    st.latex(formula)
+if lesson.references:
+    st.caption("References: " + "; ".join(plain(r) for r in lesson.references))
 
 ex = lesson.exercise
 with st.container(border=True):
@@ -80,6 +80,7 @@ with st.container(border=True):
         if who:
             room = workshop_view.room().guesses(who["code"], lesson.id)
             if len(room) > 1:
+                st.caption("The room so far: each dot is one guess, the red line the measured answer.")
                 st.plotly_chart(guesses_figure(room, entry["truth"], ex.unit, f"The room's guesses ({len(room)})"),
                                 key=f"l_room_{lesson.id}", width="stretch")
 

@@ -35,23 +35,28 @@ def board_figure(group: dict[str, Any], budget_bytes: int | None = None, height:
     if budget_bytes:
         shapes.append(dict(type="line", xref="x", yref="paper", x0=budget_bytes, x1=budget_bytes, y0=0, y1=1,
                            line=dict(color="#e4572e", width=2, dash="dash")))
-    fig.update_layout(title=f"{group['model']} on {group['dataset']}: {len(runs)} runs by {len(owners)} people",
+    fig.update_layout(title=f"{group['model']} on {group['dataset']}: {len(runs)} runs by {len(owners)} {'person' if len(owners) == 1 else 'people'}",
                       xaxis=dict(title="size (bytes, log)", type="log"), shapes=shapes,
                       yaxis=dict(title=metric.get("label", name), tickformat=".1%" if percent else None),
-                      height=height, margin=dict(t=50, b=40, l=60, r=20), legend=dict(title="nickname"))
+                      height=height, margin=dict(t=50, b=40, l=60, r=20), legend=dict(title="nickname"),
+                      showlegend=True)
     return fig
 
 
 def guesses_figure(guesses: list[dict[str, Any]], truth: float | None, unit: str, title: str,
                    height: int = 300) -> go.Figure:
-    """The room's guesses for one exercise as a histogram, the measured answer as a line."""
-    fig = go.Figure(go.Histogram(x=[g["guess"] for g in guesses], nbinsx=20, marker_color="#8fa8c8",
-                                 name="guesses"))
+    """The room's guesses for one exercise: every guess a dot over their spread (a box), the measured
+    answer a line; as readable with 2 guesses as with 30."""
+    fig = go.Figure(go.Box(x=[g["guess"] for g in guesses], name="guesses", boxpoints="all", jitter=0.6,
+                           pointpos=0, marker=dict(color="#1f77b4", size=8), line=dict(color="#8fa8c8"),
+                           fillcolor="rgba(143,168,200,0.25)", orientation="h",
+                           text=[g.get("nickname") or "" for g in guesses], hoverinfo="x+text"))
     shapes = []
     if truth is not None:
         shapes.append(dict(type="line", xref="x", yref="paper", x0=truth, x1=truth, y0=0, y1=1,
                            line=dict(color="#e4572e", width=3)))
-        fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(color="#e4572e", width=3), name="measured")
-    fig.update_layout(title=title, xaxis_title=f"guess ({unit})" if unit else "guess", yaxis_title="people",
-                      shapes=shapes, height=height, margin=dict(t=50, b=40, l=50, r=20), bargap=0.05)
+        fig.add_scatter(x=[truth], y=["guesses"], mode="markers", marker=dict(color="#e4572e", size=1),
+                        name="measured", showlegend=True)
+    fig.update_layout(title=title, xaxis_title=f"guess ({unit})" if unit else "guess", yaxis=dict(visible=False),
+                      shapes=shapes, height=height, margin=dict(t=50, b=40, l=20, r=20), showlegend=False)
     return fig

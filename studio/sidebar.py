@@ -11,7 +11,9 @@ def render(where) -> None:
     src = st.session_state["source"]
     state.keep_in_address()
     with where:
-        name = st.text_input("Your name", value=state.user(), key="s_user", max_chars=32,
+        if "s_user" not in st.session_state:      # the box starts from the name; a join (workshop) sets both
+            st.session_state["s_user"] = state.user()
+        name = st.text_input("Your name", key="s_user", max_chars=32,
                              help="your runs are recorded under this name; kept in the page address")
         if state.clean_user(name) != state.user():
             st.session_state["user"] = state.clean_user(name)

@@ -62,7 +62,7 @@ def _join(cfg: WorkshopConfig, nickname: str) -> None:
     room().join(cfg.code, nickname)
     ss["workshop"] = {"code": cfg.code, "nickname": nickname}
     ss["user"] = nickname
-    ss.pop("s_user", None)             # the sidebar's name box (drawn after the page) starts from it again
+    ss["s_user"] = nickname            # the sidebar's name box, drawn after the page in this run, shows it
     st.query_params["user"] = nickname
     st.query_params["workshop"] = cfg.code
     restore_guesses(cfg.code, nickname)

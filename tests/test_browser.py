@@ -30,10 +30,11 @@ LOCAL_SCHEMES = {"data", "blob", "about", "chrome-extension", "chrome"}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"home": "/", "model": "/model", "weights": "/weights", "compress": "/compress", "plan": "/plan",
-         "finetune": "/finetune", "pareto": "/pareto", "compare": "/compare", "export": "/export"}
+         "finetune": "/finetune", "pareto": "/pareto", "compare": "/compare", "export": "/export",
+         "learn": "/learn", "board": "/board"}
 TITLES = {"home": "PET Studio", "model": "Model", "weights": "Weights", "compress": "Compress",
           "plan": "Sensitivity & plan", "finetune": "Fine-tune", "pareto": "Pareto", "compare": "Compare",
-          "export": "Export"}
+          "export": "Export", "learn": "Lessons", "board": "Class board"}
 FIRST_LOAD_MS = 240_000   # the first page load trains the model into the empty cache
 RERUN_MS = 60_000
 

@@ -133,3 +133,4 @@ def test_the_leaderboard_is_each_persons_best_within_the_budget(ledger_and_room,
 def test_the_guesses_figure_draws_the_truth():
     fig = guesses_figure([{"guess": 10}, {"guess": 30}], 20.0, "%", "q")
     assert fig.layout.shapes[0].x0 == 20.0 and list(fig.data[0].x) == [10, 30]
+    assert fig.data[1].x == (20.0,)              # the truth is a point of the plot: the axis reaches it
