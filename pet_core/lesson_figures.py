@@ -106,9 +106,9 @@ def temperature(baseline, recipe: dict, temperatures: tuple[float, ...] = (1.0, 
     with torch.no_grad():
         logits = wb.baseline(wb.x_eval[:1]).float()[0]
     fig = go.Figure()
-    for t in temperatures:
+    for t, color in zip(temperatures, ("#8fa8c8", "#e4572e", "#2a9d8f")):
         p = torch.softmax(logits / t, dim=0)
-        fig.add_bar(x=[str(i) for i in range(len(p))], y=p.tolist(), name=f"T = {t:g}")
+        fig.add_bar(x=[str(i) for i in range(len(p))], y=p.tolist(), name=f"T = {t:g}", marker_color=color)
     fig.update_layout(title="The teacher's soft targets for one test example", xaxis_title="class",
                       yaxis_title="probability", barmode="group", height=HEIGHT, margin=dict(t=50, b=40, l=50, r=20))
     return fig
@@ -149,7 +149,8 @@ def sparsity_curve(baseline, recipe: dict) -> go.Figure:
     for s in CURVE_SPARSITIES:
         wb.apply(Recipe.from_dict({"pet_recipe": 1, "default": {"prune": {"sparsity": s}} if s else {}}))
         values.append(wb.evaluate())
-    fig = go.Figure(go.Scatter(x=[100 * s for s in CURVE_SPARSITIES], y=values, mode="lines+markers"))
+    fig = go.Figure(go.Scatter(x=[100 * s for s in CURVE_SPARSITIES], y=values, mode="lines+markers",
+                               line=dict(color="#e4572e")))
     fig.update_layout(title=f"{wb.metric.name} after pruning, before any retraining", xaxis_title="sparsity (%)",
                       yaxis_title=wb.metric.name, height=HEIGHT, margin=dict(t=50, b=40, l=50, r=20))
     return fig

@@ -26,7 +26,7 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-LOCAL_SCHEMES = {"data", "blob", "about", "chrome-extension", "chrome"}
+LOCAL_SCHEMES = {"data", "blob", "about", "chrome-extension", "chrome", "file"}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"home": "/", "model": "/model", "weights": "/weights", "compress": "/compress", "plan": "/plan",

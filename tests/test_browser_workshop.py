@@ -11,6 +11,7 @@ Screenshots: ``artifacts/screenshots/ws_*.png``.
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from pathlib import Path
@@ -109,7 +110,31 @@ def test_every_lesson_renders_its_formula_offline_and_reveals_the_measured_value
             screenshot(page, f"ws_lesson_{lesson.id}")
     assert not browser.offsite(), browser.offsite()
     assert not browser.page_errors, browser.page_errors
+    check_handout(page, browser, lessons)
     page.close()
+
+
+def check_handout(page, browser, lessons) -> None:
+    """The app's handout: one file under 1 MB with every lesson's guess, opened offline with its charts drawn."""
+    from pet_core.handout import MAX_BYTES
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download my handout (HTML)").click()
+    path = Path(download.value.path())
+    text = path.read_text(encoding="utf-8")
+    assert path.stat().st_size < MAX_BYTES and "ana" in text
+    assert all(html.escape(lesson.exercise.question) in text for lesson in lessons)
+    local = path.with_suffix(".html")
+    path.rename(local)
+    offline = browser.new_page()
+    offline.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:", "blob:"))
+                  else r.abort())
+    offline.goto(local.as_uri())
+    offline.wait_for_function("document.body.dataset.charts", timeout=60_000)
+    assert offline.evaluate("document.body.dataset.charts") == "drawn"
+    assert offline.locator(".js-plotly-plot").count() >= len(lessons)        # a chart per lesson, and the runs'
+    screenshot(offline, "ws_handout")
+    offline.close()
 
 
 def board_nicknames(page) -> set[str]:
