@@ -36,10 +36,10 @@ import torch  # noqa: E402
 from bench.common import Context, Goal, Result, load_avg, median, timed  # noqa: E402
 from bench.engine import _load  # noqa: E402
 from pet_core.accuracy import top1_accuracy  # noqa: E402
+from pet_core.errors import PetError  # noqa: E402
 from pet_core.loader import open_workbench  # noqa: E402
 from pet_core.plan import PlanTarget, plan as plan_layers, uniform  # noqa: E402
-from pet_core.recipe import Recipe  # noqa: E402
-from pet_core.sensitivity import SensitivityConfig, drop_of, sensitivity  # noqa: E402
+from pet_core.sensitivity import SensitivityConfig, sensitivity  # noqa: E402
 from pet_core.size import model_bytes  # noqa: E402
 from pet_core.workbench import Workbench  # noqa: E402
 
@@ -47,8 +47,6 @@ MODELS = ("lenet_300_100", "mnist_cnn")
 TARGETS = (10.0, 20.0, 40.0)
 SENSITIVITY_GOAL_S = {"lenet_300_100": 30.0, "mnist_cnn": 180.0}
 NAIVE_BATCH = 256            # the evaluation engine's batch size (pet_core.evaluation.engine.EVAL_BATCH)
-BISECT_STEPS = 24            # as pet_core.plan.uniform
-MAX_SPARSITY = 0.999
 
 
 @dataclass
@@ -77,44 +75,12 @@ class Row(Result):
 # --- plan vs uniform vs global magnitude ------------------------------------------------------------
 
 def global_magnitude(wb, target: PlanTarget, bits: list[int | None]) -> dict[str, Any]:
-    """One global magnitude sparsity (shared threshold) and one bit width for every layer, the least
-    sparsity whose accounted bytes fit the target, for each bit width; the best measured one."""
-    budget = target.byte_budget(model_bytes(wb.baseline))
-    held = wb.recipe
-    empty = Recipe(model=held.model if held else "model", dataset=held.dataset if held else "data")
-
-    def recipe(s: float, b: int | None) -> Recipe:
-        default: dict[str, Any] = {}
-        if s > 0:
-            default["prune"] = {"method": "magnitude", "scope": "global", "sparsity": s}
-        if b is not None:
-            default["quantize"] = {"bits": b}
-        return empty.replace(default=default)
-
-    def size(s: float, b: int | None) -> int:
-        wb.apply(recipe(s, b))
-        return sum(r.size_bytes for r in wb.sizes())
-
-    tried = []
-    for b in bits:
-        if size(0.0, b) <= budget:
-            s = 0.0
-        elif size(MAX_SPARSITY, b) > budget:
-            continue
-        else:
-            lo, hi = 0.0, MAX_SPARSITY
-            for _ in range(BISECT_STEPS):
-                mid = (lo + hi) / 2
-                lo, hi = (lo, mid) if size(mid, b) <= budget else (mid, hi)
-            s = hi
-        nbytes = size(s, b)
-        value = wb.evaluate()
-        tried.append({"sparsity": s, "bits": b, "value": value, "size_bytes": nbytes,
-                      "drop": drop_of(value, wb.baseline_metric, wb.metric.higher_is_better)})
-    if held is not None:
-        wb.apply(held)
-    best = min(tried, key=lambda t: t["drop"]) if tried else None
-    return {**(best or {}), "tried": tried, "byte_budget": budget, "found": best is not None}
+    """One global magnitude sparsity (a shared threshold) and one bit width for every layer, the least
+    sparsity whose accounted bytes fit the target, for each bit width; the best measured one ({} if none fits)."""
+    try:
+        return uniform(wb, target, bits, scope="global")
+    except PetError:
+        return {}
 
 
 def _bits_label(b: int | None) -> str:

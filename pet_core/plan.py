@@ -474,9 +474,11 @@ def _report(wb, p: _Planner, best: Measured, target: PlanTarget, budget: int | N
     }
 
 
-def uniform(wb, target: PlanTarget, bits: list[int | None], *, steps: int = 24) -> dict[str, Any]:
-    """The reference: one setting for every layer (per-layer magnitude sparsity s, the same bits), the
-    least sparsity that fits the byte budget, for each bit width; the best measured one is returned."""
+def uniform(wb, target: PlanTarget, bits: list[int | None], *, steps: int = 24, scope: str = "layer") -> dict[str, Any]:
+    """The reference: one setting for every layer (magnitude sparsity s, the same bits), the least
+    sparsity that fits the byte budget, for each bit width; the best measured one is returned.
+    ``scope="layer"``: every layer pruned to s (uniform allocation); ``"global"``: one threshold for all
+    (global magnitude pruning, which allocates sparsity by weight magnitude)."""
     from pet_core.size import model_bytes
 
     base_bytes = model_bytes(wb.baseline)
@@ -489,7 +491,7 @@ def uniform(wb, target: PlanTarget, bits: list[int | None], *, steps: int = 24) 
     def recipe(s: float, b: int | None) -> Recipe:
         default: dict[str, Any] = {}
         if s > 0:
-            default["prune"] = {"method": "magnitude", "scope": "layer", "sparsity": s}
+            default["prune"] = {"method": "magnitude", "scope": scope, "sparsity": s}
         if b is not None:
             default["quantize"] = {"bits": b}
         return empty.replace(default=default)

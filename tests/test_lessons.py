@@ -9,14 +9,13 @@ and the field, while the good ones still load.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from pet_core.errors import PetError
 from pet_core.lesson_figures import FIGURES, lesson_figure
-from pet_core.lessons import (FIGURE_KINDS, MEASURES, answer, how_far, load_lessons, parse_lesson, shown_value)
+from pet_core.lessons import (FIGURE_KINDS, answer, how_far, load_lessons, parse_lesson, shown_value)
 from pet_core.loader import load_baseline, open_workbench
 from pet_core.presets import load_presets, parse_preset
 from pet_core.recipe import Recipe
