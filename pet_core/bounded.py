@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -217,3 +218,27 @@ def load_yaml(text: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def read_files(dirs: list, pattern: str, parse, what: str, *, max_files: int, max_bytes: int) -> tuple[list, list[str]]:
+    """``parse(text, file_name)`` for each file matching ``pattern`` in each folder of ``dirs``, in order:
+    (what parsed, one message per file refused). Files over ``max_bytes`` are refused before they are
+    read; at most ``max_files`` per folder are read."""
+    items, problems = [], []
+    for folder in dirs:
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            problems.append(f"{what}s folder {folder} is not a folder")
+        files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        for path in files[:max_files]:
+            try:
+                if path.stat().st_size > max_bytes:
+                    raise PetError(f"{what} {path.name}: {path.stat().st_size:,} bytes, more than {max_bytes:,} allowed")
+                items.append(parse(path.read_text(encoding="utf-8"), path.name))
+            except PetError as exc:
+                problems.append(str(exc))
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{what} {path.name}: cannot read it ({exc})")
+        if len(files) > max_files:
+            problems.append(f"{folder}: only the first {max_files} {what}s were read")
+    return items, problems

@@ -86,36 +86,47 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def connect(path: Path, what: str) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` (rows as mappings, autocommit, 30 s busy timeout)."""
+    try:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    except sqlite3.Error as e:
+        raise PetError(f"cannot open {what} {path}: {e}") from None
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def open_wal(path: Path, setup, what: str) -> None:
+    """Create or open ``path`` in WAL mode and run ``setup(db)`` (schema, migrations), safely while other
+    processes do the same; PetError naming ``what`` when it is not a database."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with closing(connect(path, what)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                setup(db)
+            return
+        except sqlite3.OperationalError as e:
+            # Switching a new file to WAL needs it alone and SQLite answers "locked" at once, without
+            # waiting, while another process creates it: try again for a while.
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise PetError(f"cannot open {what} {path}: {e}") from None
+            time.sleep(0.05)
+        except sqlite3.DatabaseError as e:    # e.g. "file is not a database"
+            raise PetError(f"cannot open {what} {path}: {e}") from None
+
+
 class Ledger:
     """The run ledger at ``path`` (default: the workspace's ``ledger.sqlite``)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else ledger_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with closing(self._connect()) as db:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    self._migrate(db)
-                return
-            except sqlite3.OperationalError as e:
-                # Switching a new file to WAL needs it alone and SQLite answers "locked" at once, without
-                # waiting, while another process creates it: try again for a while.
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
-                time.sleep(0.05)
-            except sqlite3.DatabaseError as e:    # e.g. "file is not a database"
-                raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
+        open_wal(self.path, self._migrate, "the run ledger")
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as e:
-            raise PetError(f"cannot open the run ledger {self.path}: {e}") from None
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+        return connect(self.path, "the run ledger")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the file to SCHEMA_VERSION; refuse a newer one. Safe when processes open it at once."""

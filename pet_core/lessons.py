@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pet_core.bounded import check_size, load_yaml, shown
+from pet_core.bounded import check_size, load_yaml, read_files, shown
 from pet_core.errors import PetError
 from pet_core.recipe import Recipe
 
@@ -177,24 +177,9 @@ def lesson_dirs() -> list[Path]:
 
 def load_lessons(dirs: list[Path] | None = None) -> tuple[list[Lesson], list[str]]:
     """Every readable lesson, by ``order`` then title, and one message per file that was refused."""
-    found: dict[str, Lesson] = {}
-    problems: list[str] = []
-    for folder in dirs if dirs is not None else lesson_dirs():
-        files = sorted(folder.glob("*.md")) if folder.is_dir() else []
-        if folder.exists() and not folder.is_dir():
-            problems.append(f"lessons folder {folder} is not a folder")
-        for path in files[:MAX_LESSONS]:
-            try:
-                if path.stat().st_size > MAX_LESSON_BYTES:
-                    raise PetError(f"lesson {path.name}: {path.stat().st_size:,} bytes, more than "
-                                   f"{MAX_LESSON_BYTES:,} allowed")
-                lesson = parse_lesson(path.read_text(encoding="utf-8"), path.name)
-            except (PetError, OSError, UnicodeDecodeError) as exc:
-                problems.append(str(exc) if isinstance(exc, PetError) else f"lesson {path.name}: cannot read it ({exc})")
-                continue
-            found[lesson.id] = lesson
-        if len(files) > MAX_LESSONS:
-            problems.append(f"{folder}: only the first {MAX_LESSONS} lessons were read")
+    lessons, problems = read_files(dirs if dirs is not None else lesson_dirs(), "*.md", parse_lesson, "lesson",
+                                   max_files=MAX_LESSONS, max_bytes=MAX_LESSON_BYTES)
+    found = {lesson.id: lesson for lesson in lessons}          # a later folder's lesson of the same id wins
     return sorted(found.values(), key=lambda x: (x.order, x.title)), problems
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pet_core.bounded import check_size, load_yaml, shown
+from pet_core.bounded import check_size, load_yaml, read_files, shown
 from pet_core.errors import PetError
 from pet_core.recipe import Recipe
 
@@ -90,21 +90,9 @@ def preset_dirs() -> list[Path]:
 
 def load_presets(dirs: list[Path] | None = None) -> tuple[dict[str, Preset], list[str]]:
     """Name → preset (a later folder's preset of the same name wins), and one message per refused file."""
-    found: dict[str, Preset] = {}
-    problems: list[str] = []
-    for folder in dirs if dirs is not None else preset_dirs():
-        files = sorted(p for p in folder.glob("*.y*ml")) if folder.is_dir() else []
-        for path in files[:MAX_PRESETS]:
-            try:
-                if path.stat().st_size > MAX_PRESET_BYTES:
-                    raise PetError(f"preset {path.name}: {path.stat().st_size:,} bytes, more than "
-                                   f"{MAX_PRESET_BYTES:,} allowed")
-                preset = parse_preset(path.read_text(encoding="utf-8"), path.name)
-            except (PetError, OSError, UnicodeDecodeError) as exc:
-                problems.append(str(exc) if isinstance(exc, PetError) else f"preset {path.name}: cannot read it ({exc})")
-                continue
-            found[preset.name] = preset
-    return found, problems
+    presets, problems = read_files(dirs if dirs is not None else preset_dirs(), "*.y*ml", parse_preset, "preset",
+                                   max_files=MAX_PRESETS, max_bytes=MAX_PRESET_BYTES)
+    return {p.name: p for p in presets}, problems
 
 
 def as_dict(preset: Preset) -> dict[str, Any]:

@@ -96,31 +96,23 @@ class Room:
     """Who joined which workshop, their guesses, the instructor's budget (one small SQLite file)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
+        from pet_core.ledger import open_wal
+
         self.path = Path(path) if path is not None else room_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with closing(self._connect()) as db:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    db.execute("CREATE TABLE IF NOT EXISTS members (code TEXT, nickname TEXT, joined REAL, "
-                               "PRIMARY KEY (code, nickname))")
-                    db.execute("CREATE TABLE IF NOT EXISTS guesses (id INTEGER PRIMARY KEY, code TEXT, "
-                               "nickname TEXT, lesson TEXT, guess REAL, truth REAL, unit TEXT, at REAL)")
-                    db.execute("CREATE TABLE IF NOT EXISTS settings (code TEXT PRIMARY KEY, budget TEXT)")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise PetError(f"cannot open the workshop room {self.path}: {e}") from None
-                time.sleep(0.05)
-            except sqlite3.DatabaseError as e:
-                raise PetError(f"cannot open the workshop room {self.path}: {e}") from None
+        open_wal(self.path, self._setup, "the workshop room")
+
+    @staticmethod
+    def _setup(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS members (code TEXT, nickname TEXT, joined REAL, "
+                   "PRIMARY KEY (code, nickname))")
+        db.execute("CREATE TABLE IF NOT EXISTS guesses (id INTEGER PRIMARY KEY, code TEXT, nickname TEXT, "
+                   "lesson TEXT, guess REAL, truth REAL, unit TEXT, at REAL)")
+        db.execute("CREATE TABLE IF NOT EXISTS settings (code TEXT PRIMARY KEY, budget TEXT)")
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+        from pet_core.ledger import connect
+
+        return connect(self.path, "the workshop room")
 
     def join(self, code: str, nickname: str) -> float:
         """Join (again): returns when this nickname first joined."""
