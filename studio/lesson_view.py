@@ -13,7 +13,6 @@ from typing import Any
 
 import streamlit as st
 
-from pet_core.errors import PetError
 from pet_core.lesson_figures import lesson_figure
 from pet_core.lessons import Lesson, answer, how_far, load_lessons
 from pet_core.presets import Preset, load_presets
@@ -52,7 +51,7 @@ def figure(lesson: Lesson, base) -> Any:
     """The lesson's live figure on the current model, or None (with a line saying why)."""
     try:
         return _figure(model_key(base), lesson.figure, json.dumps(lesson.figure_recipe, sort_keys=True), base)
-    except PetError as exc:
+    except Exception as exc:     # a lesson is data, the model may be anybody's: the page stays up
         st.info(f"This lesson's figure cannot be drawn on this model: {plain(exc)}")
         return None
 
