@@ -197,6 +197,9 @@ def _metric(baseline, ex: Exercise) -> float:
     wb = _applied(baseline, ex.recipe)
     if not wb.measures:
         raise PetError("this exercise measures the model's metric, and the model was loaded without a dataset")
+    if ex.unit == "%" and wb.metric.name != "accuracy":
+        raise PetError(f"this exercise asks for an accuracy, and this model's metric is {wb.metric.name}: "
+                       "try it on a classifier (the zoo models)")
     value = wb.evaluate()
     return 100.0 * value if ex.unit == "%" else value
 

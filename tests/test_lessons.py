@@ -192,3 +192,23 @@ def test_presets_round_trip_their_recipe():
     assert p.recipe.finetune["steps"] == 100 and p.recipe.model == "lenet_300_100"
     assert Recipe.from_dict(p.recipe.to_dict()) == p.recipe
     assert all(Recipe.from_dict(x.recipe.to_dict()) == x.recipe for x in PRESETS.values())
+
+
+def test_lessons_on_a_language_model_answer_or_say_why(tmp_path):
+    """A lesson is data and the model may be anybody's: on a GPT-2 every figure draws or raises a one-line
+    PetError, sizes are answered, and an accuracy question says the metric is perplexity."""
+    import hf_models
+
+    folder = hf_models.gpt2_folder(tmp_path / "gpt2")
+    (tmp_path / "corpus.txt").write_text(" ".join(hf_models.SENTENCES * 4))
+    base = load_baseline(str(folder), str(tmp_path / "corpus.txt"))
+    for lesson in LESSONS:
+        try:
+            assert lesson_figure(lesson.figure, base, lesson.figure_recipe).data
+        except PetError as exc:
+            assert "\n" not in str(exc)
+        if lesson.exercise.unit == "%" and lesson.exercise.measure == "metric":
+            with pytest.raises(PetError, match="perplexity"):
+                answer(base, lesson.exercise)
+        elif lesson.exercise.measure in ("size_bytes", "compression_ratio"):
+            assert answer(base, lesson.exercise) > 0
