@@ -286,59 +286,58 @@ class Move:
     warnings: list[str] = field(default_factory=list)
 
 
-class Participant:
-    """One browser tab, as far as the server can tell."""
+class Client:
+    """One browser tab, as far as the server can tell: Streamlit's protocol over a websocket (see the
+    module's docstring). What is particular to a page is left to a subclass: the widget states every
+    rerun carries (:meth:`_widgets`), the elements it watches (:meth:`_element`, called for every new
+    element after the error/warning checks) and the end of a full run (:meth:`_run_finished`).
+    ``sink`` (an object with ``errors`` and ``warnings`` lists) receives the page's problems while a
+    participant waits for an answer; problems outside any go to ``stray``."""
 
-    def __init__(self, who: int, server: Server, model: str, dataset: str, quant: dict, seed: int) -> None:
-        self.who, self.server, self.model, self.dataset, self.quant = who, server, model, dataset, quant
-        self.user = f"room{who}" if who >= 0 else "room-single"
-        self.rng = random.Random(seed)
-        self.phase = self.rng.uniform(0, INTERVAL_S)
-        self.value = self.rng.choice(GRID)
+    def __init__(self, server: Server) -> None:
+        self.server = server
         self.ws = None
         self.query = ""
         self.page_hash = ""
         self.pages: dict[str, str] = {}             # url path -> page script hash
-        self.slider_id: str | None = None
         self.timers: dict[str, list[float]] = {}    # fragment id -> [interval, next fire]
         self.full_run = 0                           # full runs started (new_session without fragments)
         self.finished: int | None = None            # the full run whose script_finished came last
-        self.metric: tuple[float, int, str, str] | None = None   # (arrival, run, label, value) of the latest
-        self.sink: Move | None = None               # where errors and warnings go now
-        self.moves: list[Move] = []
-        self.setup_error: str | None = None
-        self.setup_s: float | None = None
+        self.sink: Any = None                       # where errors and warnings go now
         self.stray: list[str] = []                  # errors outside any move
-        self.caption = ""
 
     # -- protocol --
 
-    def _send(self, *, fragment_id: str = "", auto: bool = False, page_hash: str | None = None) -> None:
-        """A ``rerun_script`` as the frontend sends it: the address's query, the page, the slider's value."""
+    def connect(self) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(self.server.ws_url, subprotocols=["streamlit"], max_size=None, proxy=None,
+                          open_timeout=60, ping_interval=None, close_timeout=2, legacy=True)
+
+    def _send(self, *, fragment_id: str = "", auto: bool = False, page_hash: str | None = None,
+              page_name: str = "") -> None:
+        """A ``rerun_script`` as the frontend sends it: the address's query, the page, the widgets' values."""
         from streamlit.proto.BackMsg_pb2 import BackMsg
 
         msg = BackMsg()
         cs = msg.rerun_script
         cs.query_string = self.query
         cs.page_script_hash = self.page_hash if page_hash is None else page_hash
+        if page_name:
+            cs.page_name = page_name
         if fragment_id:
             cs.fragment_id, cs.is_auto_rerun = fragment_id, auto
-        if self.slider_id is not None:
-            w = cs.widget_states.widgets.add()
-            w.id = self.slider_id
-            w.double_array_value.data.append(self.value)
+        self._widgets(cs.widget_states, fragment_id)
         self.ws.send(msg.SerializeToString())
 
-    def _recipe_sparsity(self) -> float | None:
-        from pet_core.recipe import from_token
+    def _widgets(self, states, fragment_id: str) -> None:
+        """Add the page's widget states to a rerun (``states``: a ``WidgetStates`` proto)."""
 
-        token = (parse_qs(self.query).get("recipe") or [None])[0]
-        if not token:
-            return None
-        try:
-            return from_token(token).default["prune"].sparsity
-        except Exception:  # noqa: BLE001
-            return None
+    def _element(self, el, kind: str, now: float) -> None:
+        """A new element of ``kind`` (the ``Element`` oneof's name) arrived at ``now``."""
+
+    def _run_finished(self, now: float) -> None:
+        """Full run ``self.full_run`` finished successfully at ``now``."""
 
     def _problem(self, text: str, warning: bool = False) -> None:
         if self.sink is None:
@@ -384,23 +383,17 @@ class Participant:
                 self._problem("script finished with a compile error")
             elif msg.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
                 self.finished = self.full_run
-                if self.sink is not None and self.sink.run == self.full_run and self.sink.done_ms is None:
-                    self.sink.done_ms = (now - self.sink.start) * 1e3
+                self._run_finished(now)
         elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
             el = msg.delta.new_element
             et = el.WhichOneof("type")
-            if et == "metric" and el.metric.label.startswith("Accuracy"):
-                self.metric = (now, self.full_run, el.metric.label, el.metric.body)
-            elif et == "markdown" and "test items" in el.markdown.body:
-                self.caption = el.markdown.body            # says how the metric was evaluated (backend)
-            elif et == "slider" and "c_prune_sparsity@" in el.slider.id:
-                self.slider_id = el.slider.id
-            elif et == "exception":
+            if et == "exception":
                 self._problem(f"exception: {el.exception.type}: {' '.join(el.exception.message.split())[:160]}")
             elif et == "alert" and el.alert.format == Alert.ERROR:
                 self._problem(f"st.error: {' '.join(el.alert.body.split())[:160]}")
             elif et == "alert" and el.alert.format == Alert.WARNING:
                 self._problem(" ".join(el.alert.body.split())[:160], warning=True)
+            self._element(el, et, now)
 
     def pump(self, until: float, done=None) -> bool:
         """Receive (and fire the fragment timers) until ``until`` or until ``done()``; True if done."""
@@ -426,13 +419,68 @@ class Participant:
             if isinstance(data, bytes):
                 self._handle(data, time.perf_counter())
 
+    def close(self) -> None:
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class Participant(Client):
+    """A room participant on Compress: moves the global sparsity slider."""
+
+    def __init__(self, who: int, server: Server, model: str, dataset: str, quant: dict, seed: int) -> None:
+        super().__init__(server)
+        self.who, self.model, self.dataset, self.quant = who, model, dataset, quant
+        self.user = f"room{who}" if who >= 0 else "room-single"
+        self.rng = random.Random(seed)
+        self.phase = self.rng.uniform(0, INTERVAL_S)
+        self.value = self.rng.choice(GRID)
+        self.slider_id: str | None = None
+        self.metric: tuple[float, int, str, str] | None = None   # (arrival, run, label, value) of the latest
+        self.sink: Move | None = None
+        self.moves: list[Move] = []
+        self.setup_error: str | None = None
+        self.setup_s: float | None = None
+        self.caption = ""
+
+    # -- the page --
+
+    def _widgets(self, states, fragment_id: str) -> None:
+        if self.slider_id is not None:
+            w = states.widgets.add()
+            w.id = self.slider_id
+            w.double_array_value.data.append(self.value)
+
+    def _recipe_sparsity(self) -> float | None:
+        from pet_core.recipe import from_token
+
+        token = (parse_qs(self.query).get("recipe") or [None])[0]
+        if not token:
+            return None
+        try:
+            return from_token(token).default["prune"].sparsity
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _run_finished(self, now: float) -> None:
+        if self.sink is not None and self.sink.run == self.full_run and self.sink.done_ms is None:
+            self.sink.done_ms = (now - self.sink.start) * 1e3
+
+    def _element(self, el, kind: str, now: float) -> None:
+        if kind == "metric" and el.metric.label.startswith("Accuracy"):
+            self.metric = (now, self.full_run, el.metric.label, el.metric.body)
+        elif kind == "markdown" and "test items" in el.markdown.body:
+            self.caption = el.markdown.body            # says how the metric was evaluated (backend)
+        elif kind == "slider" and "c_prune_sparsity@" in el.slider.id:
+            self.slider_id = el.slider.id
+
     # -- a person --
 
     def open(self) -> None:
         """Home with the participant's link, then Compress (not timed as moves)."""
         from urllib.parse import urlencode
-
-        from websockets.sync.client import connect
 
         from pet_core.recipe import to_token
         from studio.state import START_RECIPE
@@ -442,8 +490,7 @@ class Participant:
             recipe = START_RECIPE.replace(model=self.model, dataset=self.dataset, default={
                 "prune": {"method": "magnitude", "scope": "global", "sparsity": self.value}, "quantize": self.quant})
             self.query = urlencode({"recipe": to_token(recipe), "user": self.user})
-            self.ws = connect(self.server.ws_url, subprotocols=["streamlit"], max_size=None, proxy=None,
-                              open_timeout=60, ping_interval=None, close_timeout=2, legacy=True)
+            self.connect()
             deadline = t0 + 600
             self._send(page_hash="")
             if not self.pump(deadline, lambda: self.finished is not None and self.metric is not None):
@@ -525,13 +572,6 @@ class Participant:
             self.pump(start + duration)
         except Exception as exc:  # noqa: BLE001
             self.stray.append(f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=2).splitlines()[-1]})")
-
-    def close(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 # --- the room -------------------------------------------------------------------------------------
@@ -639,7 +679,7 @@ def _room(server: Server, model: str, dataset: str, n: int, duration: float, ctx
                    backends=sorted({b for p in people for b in _backend(p.caption)}))
 
 
-def _stats(xs: list[float]) -> dict[str, float]:
+def stats(xs: list[float]) -> dict[str, float]:
     return {} if not xs else {k: round(v, 1) for k, v in
                               {"p50": median(xs), "p95": pct(xs, 0.95), "min": min(xs), "max": max(xs)}.items()}
 
@@ -698,10 +738,10 @@ def _rows(model: str, dataset: str, n: int, ctx: Context, single: list[Move], ru
     goal_ms = GOALS[model]
     room = {
         "participants": n, "duration_s": round(run.seconds, 1), "moves": len(moves),
-        "first_ms": _stats(first), "first_estimate_ms": _stats(est_first), "exact_ms": _stats(exact),
-        "exact_shown_ms": _stats(shown), "page_done_ms": _stats([m.done_ms for m in moves if m.done_ms]),
-        "single_first_ms": _stats(s_first), "single_exact_ms": _stats(s_exact),
-        "single_page_done_ms": _stats([m.done_ms for m in single if m.done_ms]),
+        "first_ms": stats(first), "first_estimate_ms": stats(est_first), "exact_ms": stats(exact),
+        "exact_shown_ms": stats(shown), "page_done_ms": stats([m.done_ms for m in moves if m.done_ms]),
+        "single_first_ms": stats(s_first), "single_exact_ms": stats(s_exact),
+        "single_page_done_ms": stats([m.done_ms for m in single if m.done_ms]),
         "estimates": estimates, "exact_at_once": len(moves) - estimates, "exact_superseded": superseded,
         "late_ticks": late, "errors": len(errors), "error_examples": errors[:5], "warnings": warnings[:5],
         "server_log_closed_websocket_tracebacks": closed,

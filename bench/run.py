@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import (app_latency, deploy, engine, eval_engine, finetune_results, gpt2_scale,  # noqa: E402
-                   jobs_isolation, nm_sparse, plan, room)
+                   jobs_isolation, nm_sparse, plan, rehearsal, room)
 from bench.common import Context, Result, load_avg, machine, setup_torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +79,11 @@ BENCHMARKS: list[Benchmark] = [
               "(mnist_cnn, MNIST): first/exact number p50/p95, errors, server RSS",
               room.bench_room_mnist_cnn, quick=False,
               quick_note="a live server and 10 websocket participants for 2 min: about 3 min"),
+    Benchmark("rehearsal", "workshop rehearsal: 30 participants join (code bench-ws, budget 10x) and work through "
+              "the Lessons every 5 s (pick a lesson, guess, commit, reveal; ~1 in 10 opens the Class board) on one "
+              "server (lenet_300_100, digits): p50/p95/max per interaction, errors, vs one participant alone",
+              rehearsal.bench_rehearsal, quick=False,
+              quick_note="a live workshop server and 30 websocket participants for 2 min: about 3-4 min"),
     Benchmark("app_browser_mnist_cnn", "Compress slider key press to first number, exact number, Size in Chromium, "
               "mnist_cnn", lambda ctx: app_latency.bench_browser("mnist_cnn", ctx), quick=False,
               quick_note="a live server driven by Chromium, each press waiting for the exact number: about 3 min"),
