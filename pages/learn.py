@@ -24,9 +24,11 @@ asked = st.query_params.get("lesson")
 if asked in ids and "l_lesson" not in ss:
     ss["l_lesson"] = asked
 done = lesson_view.progress()
-lesson_id = st.radio("Lesson", ids, key="l_lesson", horizontal=True,
-                     format_func=lambda i: next(x.title for x in lessons if x.id == i)
-                     + (" · done" if (done.get(i) or {}).get("truth") is not None else ""))
+titles = {x.id: x.title for x in lessons}      # labels never change: a changed label deselects the radio
+lesson_id = st.radio("Lesson", ids, key="l_lesson", horizontal=True, format_func=titles.get)
+finished = [titles[i] for i in ids if (done.get(i) or {}).get("truth") is not None]
+if finished:
+    st.caption(f"Done: {len(finished)} of {len(ids)} ({', '.join(finished)})")
 st.query_params["lesson"] = lesson_id
 lesson = next(x for x in lessons if x.id == lesson_id)
 base = state.baseline()
@@ -99,4 +101,4 @@ with st.container(border=True):
         c2.page_link("pages/compress.py", label="Open Compress", icon=":material/tune:")
         c3.page_link("pages/finetune.py", label="Fine-tune it", icon=":material/fitness_center:")
 
-handout_view.download_button("l")
+handout_view.download_button("l", base)

@@ -11,31 +11,33 @@ import streamlit as st
 from pet_core.errors import PetError
 from pet_core.figures import pareto_figure
 from pet_core.handout import build_handout
-from pet_core.lessons import how_far
+from pet_core.lesson_figures import lesson_figure
+from pet_core.lessons import how_far, load_lessons
 from studio import lesson_view, state, workshop_view
 
 ss = st.session_state
 BEST_RUNS = 5
 
 
-def session_data() -> dict[str, Any]:
-    """What :func:`pet_core.handout.build_handout` needs, from this session and the ledger."""
-    lessons, _ = lesson_view.lessons()
-    done = lesson_view.progress()
-    base = state.baseline()
+def session_data(progress: dict[str, dict], base, runs: list[dict], nickname: str, workshop: str | None,
+                 source: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`pet_core.handout.build_handout` needs; plain Python (it runs when the button is clicked)."""
+    lessons, _ = load_lessons()
     out_lessons = []
     for lesson in lessons:
-        entry = done.get(lesson.id)
+        entry = progress.get(lesson.id)
         if entry is None:
             continue
-        guess = {"question": lesson.exercise.question, "guess": entry["guess"], "truth": entry.get("truth"),
+        truth = entry.get("truth")
+        guess = {"question": lesson.exercise.question, "guess": entry["guess"], "truth": truth,
                  "unit": lesson.exercise.unit,
-                 "error": None if entry.get("truth") is None else how_far(entry["guess"], entry["truth"],
-                                                                          lesson.exercise.unit)["text"]}
-        figure = lesson_view.figure(lesson, base) if base is not None else None
-        out_lessons.append({"id": lesson.id, "title": lesson.title, "done": entry.get("truth") is not None,
+                 "error": None if truth is None else how_far(entry["guess"], truth, lesson.exercise.unit)["text"]}
+        try:
+            figure = None if base is None else lesson_figure(lesson.figure, base, lesson.figure_recipe)
+        except Exception:                     # drawn on the page already, or said why there
+            figure = None
+        out_lessons.append({"id": lesson.id, "title": lesson.title, "done": truth is not None,
                             "guesses": [guess], "figure": figure})
-    runs = state.runs()
     metric = "perplexity" if any((r.get("metrics") or {}).get("perplexity") is not None for r in runs) else "accuracy"
     scored = [r for r in runs if (r.get("metrics") or {}).get(metric) is not None and r["kind"] != "baseline"]
     scored.sort(key=lambda r: (r["metrics"][metric] if metric == "perplexity" else -r["metrics"][metric],
@@ -49,25 +51,26 @@ def session_data() -> dict[str, Any]:
               if (r.get("metrics") or {}).get(metric) is not None and r["metrics"].get("size_bytes")]
     figures = [{"title": "Your runs", "figure": pareto_figure(points, metric={"name": metric, "label": metric})}] \
         if points else []
-    who = workshop_view.joined()
-    src = ss["source"]
-    return {"nickname": state.user(), "workshop": who["code"] if who else None,
-            "created": dt.datetime.now().isoformat(timespec="seconds"), "model": src["model"],
-            "dataset": src["dataset"], "lessons": out_lessons, "runs": best, "figures": figures}
+    return {"nickname": nickname, "workshop": workshop, "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "model": source["model"], "dataset": source["dataset"], "lessons": out_lessons, "runs": best,
+            "figures": figures}
 
 
-def _html(data: dict[str, Any]) -> str:
+def _html(*args) -> str:
     try:
-        return build_handout(data)
+        return build_handout(session_data(*args))
     except PetError as exc:
         return f"<!doctype html><meta charset=utf-8><p>The handout could not be built: {html.escape(str(exc))}</p>"
 
 
-def download_button(key: str) -> None:
-    """The handout's button; the data is gathered now (cached figures, one ledger query), the HTML built
-    only when it is clicked."""
-    data = session_data()
-    st.download_button("Download my handout (HTML)", lambda: _html(data), file_name=f"pet-studio-handout-{state.user()}.html",
-                       mime="text/html", key=f"{key}_handout", icon=":material/description:",
+def download_button(key: str, base) -> None:
+    """The handout's button: what it needs is captured now (a copy of the guesses, one ledger query), the
+    figures and the HTML are made only when it is clicked."""
+    who = workshop_view.joined()
+    args = ({k: dict(v) for k, v in lesson_view.progress().items()}, base, state.runs() if base is not None else [],
+            state.user(), who["code"] if who else None, dict(ss["source"]))
+    st.download_button("Download my handout (HTML)", lambda: _html(*args),
+                       file_name=f"pet-studio-handout-{state.user()}.html", mime="text/html", key=f"{key}_handout",
+                       icon=":material/description:",
                        help="your lessons, guesses vs the measured answers, your best runs with their recipes "
                             "and the figures, in one file that opens offline")

@@ -105,6 +105,9 @@ def test_every_lesson_renders_its_formula_offline_and_reveals_the_measured_value
         guess = round((lesson.exercise.lo + lesson.exercise.hi) / 3, 1)
         shown = predict_and_reveal(page, guess)
         assert shown == shown_value(answer(base, lesson.exercise), lesson.exercise.unit), lesson.id
+        checked = page.evaluate("""() => [...document.querySelectorAll('[data-testid="stRadio"] input:checked')]
+            .map(i => i.closest('label').innerText.trim())""")
+        assert checked == [lesson.title], checked            # revealing keeps the lesson selected
         assert_no_exception(page, lesson.id)
         if lesson.id in ("quantization", "distillation"):
             screenshot(page, f"ws_lesson_{lesson.id}")
