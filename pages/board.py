@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from pet_core.errors import PetError
-from pet_core.workshop import board
 from pet_core.workshop_figures import board_figure, guesses_figure
 from studio import lesson_view, state, workshop_view
 from studio.text import plain
@@ -46,26 +45,10 @@ if instructor:
             st.success(f"Loaded {plain(presets[name].title)}.")
 
 
-@st.cache_data(ttl=2, show_spinner=False)
-def board_data(code: str, budget_text: str | None) -> dict:
-    from pet_core.workshop import Budget
-
-    return board(state.ledger(), workshop_view.room(), code, Budget.parse(budget_text) if budget_text else None)
-
-
-def budget_bytes(group: dict) -> int | None:
-    if budget is None:
-        return None
-    if budget.size_bytes is not None:
-        return budget.size_bytes
-    run = next((r for r in group["runs"] if r["metrics"].get("compression_ratio")), None)
-    return None if run is None else int(run["metrics"]["size_bytes"] * run["metrics"]["compression_ratio"] / budget.ratio)
-
-
 @st.fragment(run_every=2.0)
 def live() -> None:
     text = None if budget is None else (f"{budget.ratio:g}x" if budget.ratio else str(budget.size_bytes))
-    data = board_data(cfg.code, text)
+    data = workshop_view.board_data(cfg.code, text)
     st.caption(f"{len(data['members'])} joined · budget {data['budget'] or 'none'} · refreshed every 2 s")
     if not data["groups"]:
         st.info("No runs yet: every configuration a participant evaluates, fine-tunes or sweeps appears here.")
@@ -75,7 +58,7 @@ def live() -> None:
         if len(labels) > 1 else 0
     group = data["groups"][pick]
     left, right = st.columns([3, 2])
-    left.plotly_chart(board_figure(group, budget_bytes(group), height=620 if instructor else 480),
+    left.plotly_chart(board_figure(group, workshop_view.budget_bytes(budget, group), height=620 if instructor else 480),
                       key="b_figure", width="stretch")
     name = group["metric"]["name"]
     with right:

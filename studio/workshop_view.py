@@ -115,3 +115,21 @@ def record_guess(lesson_id: str, entry: dict[str, Any]) -> None:
     who = joined()
     if who and entry.get("truth") is not None:
         room().record_guess(who["code"], who["nickname"], lesson_id, entry["guess"], entry["truth"], entry["unit"])
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def board_data(code: str, budget_text: str | None) -> dict[str, Any]:
+    """The class board (``pet_core.workshop.board``), computed at most every 2 s for the whole room."""
+    from pet_core.workshop import Budget, board
+
+    return board(state.ledger(), room(), code, Budget.parse(budget_text) if budget_text else None)
+
+
+def budget_bytes(budget, group: dict[str, Any]) -> int | None:
+    """Where the budget's line goes on a group's plot (a ratio becomes bytes of that group's model)."""
+    if budget is None:
+        return None
+    if budget.size_bytes is not None:
+        return budget.size_bytes
+    run = next((r for r in group["runs"] if r["metrics"].get("compression_ratio")), None)
+    return None if run is None else int(run["metrics"]["size_bytes"] * run["metrics"]["compression_ratio"] / budget.ratio)
