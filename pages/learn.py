@@ -74,6 +74,12 @@ with st.container(border=True):
             workshop_view.record_guess(lesson.id, entry)
             st.rerun()
     else:
+        if entry.get("model") not in (None, state.source_key()):
+            st.caption(f"You answered this on {plain(entry['model'].split('|')[0])} "
+                       f"({plain(entry['model'].split('|')[1])}), not the model loaded now.")
+            if st.button("Guess again on this model", key=f"l_again_{lesson.id}", icon=":material/replay:"):
+                done.pop(lesson.id)
+                st.rerun()
         m = st.columns(3)
         m[0].metric("Your guess", shown_value(entry["guess"], ex.unit))
         m[1].metric("Measured", shown_value(entry["truth"], ex.unit))

@@ -134,3 +134,18 @@ def test_the_handout_holds_the_guesses():
     at.button(key="l_reveal_magnitude_pruning").click().run()
     [button] = at.get("download_button")
     assert button.proto.label.startswith("Download my handout")
+
+
+def test_an_answer_from_another_model_can_be_guessed_again():
+    at = learn()
+    at.radio(key="l_lesson").set_value("low_rank").run()
+    at.number_input(key="l_guess_low_rank").set_value(90.0).run()
+    at.button(key="l_commit_low_rank").click().run()
+    at.button(key="l_reveal_low_rank").click().run()
+    assert "Measured" in metrics(at) and "l_again_low_rank" not in [b.key for b in at.button]
+    at.session_state["lesson_progress"]["low_rank"]["model"] = "mnist_cnn|mnist||"   # answered before a preset
+    at.run()
+    assert any("You answered this on mnist_cnn (mnist)" in c.value for c in at.caption)
+    assert_clean(at)
+    at.button(key="l_again_low_rank").click().run()
+    assert "Measured" not in metrics(at) and "l_guess_low_rank" in [n.key for n in at.number_input]
