@@ -145,7 +145,7 @@ def test_an_answer_from_another_model_can_be_guessed_again():
     assert "Measured" in metrics(at) and "l_again_low_rank" not in [b.key for b in at.button]
     at.session_state["lesson_progress"]["low_rank"]["model"] = "mnist_cnn|mnist||"   # answered before a preset
     at.run()
-    assert any("You answered this on mnist_cnn (mnist)" in c.value for c in at.caption)
+    assert any(c.value.startswith("You answered this on mnist") for c in at.caption)
     assert_clean(at)
     at.button(key="l_again_low_rank").click().run()
     assert "Measured" not in metrics(at) and "l_guess_low_rank" in [n.key for n in at.number_input]
