@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BUNDLE := .cache/vendor/plotly-cartesian-4.1.1.min.js.gz
 PORT   ?= 8501
 # `make run HOST=0.0.0.0` opens the app to the network (README: Running a shared server)
 HOST   ?= 127.0.0.1
@@ -17,11 +18,15 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+# plotly.js's cartesian bundle for workshop handouts, fetched from the npm registry and checked (not in git)
+$(BUNDLE): pet_core/plotly_bundle.py $(VENV)/.installed
+	$(PY) -m pet_core.plotly_bundle
+
+$(VENV)/.installed-dev: $(VENV)/.installed $(BUNDLE) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(BUNDLE)
 
 setup-dev: $(VENV)/.installed-dev
 

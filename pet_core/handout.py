@@ -2,8 +2,8 @@
 
 ``build_handout(session)`` returns the HTML text. The file opens offline: no request leaves the
 machine (no CDN script, no web font, no remote image). The charts are the app's plotly figures,
-still interactive: the official plotly.js *cartesian* partial bundle (``assets/vendor/``, see
-``PLOTLY_LICENSE.txt``) rides along gzip-compressed and base64-encoded, and the browser unpacks it with
+still interactive: the official plotly.js *cartesian* partial bundle (fetched by ``make setup``, see
+:mod:`pet_core.plotly_bundle` and ``assets/vendor/PLOTLY_LICENSE.txt``) rides along gzip-compressed and base64-encoded, and the browser unpacks it with
 the native ``DecompressionStream('gzip')`` before drawing each figure with ``Plotly.newPlot``.
 
 The file stays under :data:`MAX_BYTES`: when it would not, the largest figures are left out first
@@ -31,18 +31,16 @@ import html
 import json
 import math
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pet_core import plotly_bundle
 from pet_core.errors import PetError
 
 MAX_BYTES = 1_000_000
 
-BUNDLE_PATH = Path(__file__).resolve().parents[1] / "assets" / "vendor" / "plotly-cartesian.min.js.gz"
-BUNDLE_NAME = "plotly.js-cartesian-dist-min"
-BUNDLE_VERSION = "4.1.1"
+BUNDLE_NAME, BUNDLE_VERSION = plotly_bundle.NAME, plotly_bundle.VERSION
 # The trace types the cartesian bundle registers; a figure with any other trace is left out.
 BUNDLE_TRACES = frozenset({"bar", "box", "contour", "heatmap", "histogram", "histogram2d",
                            "histogram2dcontour", "image", "pie", "scatter", "scatterternary", "violin"})
@@ -101,10 +99,12 @@ def _script_json(obj: Any) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _bundle_b64() -> str:
+    path = plotly_bundle.bundle_path()
     try:
-        return base64.b64encode(BUNDLE_PATH.read_bytes()).decode("ascii")
+        return base64.b64encode(path.read_bytes()).decode("ascii")
     except OSError as exc:
-        raise PetError(f"the plotly.js bundle for handouts is missing: {BUNDLE_PATH} ({exc.strerror})") from exc
+        raise PetError(f"the plotly.js bundle for handouts is missing: {path} ({exc.strerror}); "
+                       "`make setup` fetches it from the npm registry") from exc
 
 
 # --- figures -------------------------------------------------------------------------------------

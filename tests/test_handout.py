@@ -9,9 +9,12 @@ screenshot lands in ``artifacts/screenshots/handout.png``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import io
 import os
 import re
+import tarfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,8 +22,10 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from pet_core import plotly_bundle
 from pet_core.errors import PetError
-from pet_core.handout import BUNDLE_PATH, BUNDLE_TRACES, BUNDLE_VERSION, MAX_BYTES, build_handout
+from pet_core.handout import BUNDLE_TRACES, BUNDLE_VERSION, MAX_BYTES, build_handout
+from pet_core.plotly_bundle import bundle_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -111,12 +116,38 @@ REMOTE = [r'src\s*=\s*["\']?\s*(https?:)?//', r'href\s*=\s*["\']?\s*(https?:)?//
           r"<link\b", r"@font-face", r"<iframe\b", r"<img\b"]
 
 
+def test_the_fetcher_refuses_a_tarball_that_is_not_the_pinned_one():
+    fake = io.BytesIO()
+    with tarfile.open(fileobj=fake, mode="w:gz") as tar:
+        body = b"alert('not plotly')"
+        info = tarfile.TarInfo(plotly_bundle.MEMBER)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    with pytest.raises(PetError, match="SHA-1"):
+        plotly_bundle.extract(fake.getvalue())
+
+
+def test_a_missing_bundle_is_a_message_naming_make_setup(tmp_path, monkeypatch):
+    from pet_core import handout
+
+    monkeypatch.setenv("PET_VENDOR_DIR", str(tmp_path))
+    handout._bundle_b64.cache_clear()
+    try:
+        with pytest.raises(PetError, match="make setup"):
+            handout._bundle_b64()
+    finally:
+        monkeypatch.undo()
+        handout._bundle_b64.cache_clear()
+
+
 # --- the file -------------------------------------------------------------------------------------
 
 def test_bundle_matches_python_plotly():
     from plotly.offline import get_plotlyjs_version
 
-    js = gzip.decompress(BUNDLE_PATH.read_bytes()).decode("utf-8")
+    raw = gzip.decompress(bundle_path().read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == plotly_bundle.FILE_SHA256        # the pinned file, as fetched
+    js = raw.decode("utf-8")
     assert f"plotly.js (cartesian - minified) v{BUNDLE_VERSION}" in js[:300]
     assert BUNDLE_VERSION.split(".")[0] == get_plotlyjs_version().split(".")[0]
     assert (ROOT / "assets" / "vendor" / "PLOTLY_LICENSE.txt").read_text().count("MIT License") == 1
