@@ -96,6 +96,28 @@ class Result:
         return d
 
 
+@dataclass
+class Row(Result):
+    """A result row with an optional ratio direction and a markdown block for RESULTS.md."""
+
+    higher_is_better: bool = False     # True (accuracy, throughput): ratio = value / baseline (> 1: better)
+    section: str = ""                  # a markdown section bench/run.py appends to RESULTS.md
+    extra: dict | None = None          # more keys for results.json (wall_s, cpu_s, ...)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.value:
+            return None
+        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
+
+    def as_dict(self) -> dict[str, Any]:
+        d = super().as_dict()
+        if self.section:
+            d["section"] = self.section
+        if self.extra:
+            d.update(self.extra)
+        return d
+
 def _round(x: float | None) -> float | None:
     if x is None:
         return None

@@ -25,9 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -36,7 +35,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import Context, Goal, Result, measure, median, timed  # noqa: E402
+from bench.common import Context, Goal, Row, measure, median, timed  # noqa: E402
 from bench.engine import mnist_dir  # noqa: E402
 from pet_core.errors import PetError  # noqa: E402
 from pet_core.loader import load_baseline, open_workbench  # noqa: E402
@@ -56,29 +55,6 @@ OVERHEAD_RECIPE = {"prune": {"method": "magnitude", "scope": "global", "sparsity
 # Han et al. 2016, Table 2 (LeNet-300-100): weights kept, bits per shared weight, relative-index bits
 HAN_TABLE2 = {"fc1": (0.08, 6, 5), "fc2": (0.09, 6, 5), "fc3": (0.26, 6, 5)}
 GPU_NOTE = "not measured: no GPU lent"
-
-
-@dataclass
-class Row(Result):
-    """A result row with an optional ratio direction and a markdown block for RESULTS.md."""
-
-    higher_is_better: bool = False     # throughput: ratio = value / baseline (> 1: better either way)
-    section: str = ""                  # a markdown section bench/run.py appends to RESULTS.md
-    extra: dict | None = None          # more keys for results.json (wall_s, cpu_s, ...)
-
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline is None or not self.value:
-            return None
-        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
-
-    def as_dict(self) -> dict[str, Any]:
-        d = super().as_dict()
-        if self.section:
-            d["section"] = self.section
-        if self.extra:
-            d.update(self.extra)
-        return d
 
 
 # --- the CLI, end to end ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.common import Context, Goal, Result, load_avg, median, timed  # noqa: E402
+from bench.common import Context, Goal, Row, load_avg, median, timed  # noqa: E402
 from bench.engine import _load  # noqa: E402
 from pet_core.accuracy import top1_accuracy  # noqa: E402
 from pet_core.errors import PetError  # noqa: E402
@@ -47,29 +46,6 @@ MODELS = ("lenet_300_100", "mnist_cnn")
 TARGETS = (10.0, 20.0, 40.0)
 SENSITIVITY_GOAL_S = {"lenet_300_100": 30.0, "mnist_cnn": 180.0}
 NAIVE_BATCH = 256            # the evaluation engine's batch size (pet_core.evaluation.engine.EVAL_BATCH)
-
-
-@dataclass
-class Row(Result):
-    """A result row with an optional ratio direction and a markdown block for RESULTS.md."""
-
-    higher_is_better: bool = False     # accuracy: ratio = value / baseline (> 1: better than the baseline)
-    section: str = ""
-    extra: dict | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline is None or not self.value:
-            return None
-        return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
-
-    def as_dict(self) -> dict[str, Any]:
-        d = super().as_dict()
-        if self.section:
-            d["section"] = self.section
-        if self.extra:
-            d.update(self.extra)
-        return d
 
 
 # --- plan vs uniform vs global magnitude ------------------------------------------------------------
