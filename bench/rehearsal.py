@@ -54,7 +54,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -66,7 +65,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import Context, Goal, Result, load_avg, median  # noqa: E402
-from bench.room import (FULL_S, INTERVAL_S, NUMBER_TIMEOUT_S, QUICK_S, Client, RoomResult, Server,  # noqa: E402
+from bench.room import (FULL_S, INTERVAL_S, NUMBER_TIMEOUT_S, QUICK_S, Client, RoomResult, Server, play_room,  # noqa: E402
                         pct, stats)
 
 MODEL, DATASET = "lenet_300_100", "digits"      # the app's default source
@@ -358,14 +357,6 @@ def _titles() -> dict[str, str]:
     return {x.id: x.title for x in lessons}
 
 
-def _close_all(people: list[Learner]) -> None:
-    closers = [threading.Thread(target=p.close) for p in people]   # a busy server is slow to answer a close
-    for t in closers:
-        t.start()
-    for t in closers:
-        t.join()
-
-
 def rehearse(n: int, duration: float, reps: int, ctx: Context) -> dict[str, Any]:
     """Start the workshop's server, run the room, then the baseline; everything the rows need."""
     ensure_model(ctx)
@@ -381,36 +372,9 @@ def rehearse(n: int, duration: float, reps: int, ctx: Context) -> dict[str, Any]
         server.start_sampling()
         out["rss_before_mb"] = server.rss_mb()
         people = [Learner(i, server, f"p{i}", titles, seed=2000 + i) for i in range(n)]
-        t0 = time.perf_counter()
-        openers = [threading.Thread(target=p.open, name=f"rehearsal-open-{p.who}") for p in people]
-        for t in openers:
-            t.start()
-        for t in openers:
-            t.join()
-        bad = [f"participant {p.who}: {p.setup_error}" for p in people if p.setup_error]
-        ctx.log(f"  {n} participants joined {CODE} on Lessons in {time.perf_counter() - t0:.1f} s "
-                f"(slowest {max(p.setup_s or 0 for p in people):.1f} s); setup errors: {len(bad)}"
-                + (f" ({bad[0]})" if bad else ""))
-        load_start = load_avg()
-        start = time.perf_counter() + 0.5
-        rss_start, cpu0, me0 = server.rss_mb(), server.cpu_s(), time.process_time()
-        threads = [threading.Thread(target=p.play, args=(start, duration), name=f"rehearsal-{p.who}") for p in people]
-        try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        finally:
-            end = time.perf_counter()
-            cpu1, me1, rss_end = server.cpu_s(), time.process_time(), server.rss_mb()
-            _close_all(people)
-        span = max(1e-9, end - start)
-        out.update(room=[a for p in people for a in p.acts], joins=[p.join for p in people if p.join],
-                   setup_errors=bad, stray=[f"participant {p.who}: {s}" for p in people for s in p.stray],
-                   seconds=end - start, load_start=load_start, load_end=load_avg(),
-                   rss={"start_mb": rss_start, "peak_mb": server.peak(start, end), "end_mb": rss_end},
-                   cpu_pct=100 * (cpu1 - cpu0) / span, client_cpu_pct=100 * (me1 - me0) / span,
-                   setup_s=max(p.setup_s or 0 for p in people))
+        played = play_room(server, people, duration, ctx, f"joined {CODE} on Lessons")
+        out.update(played, room=[a for p in people for a in p.acts], joins=[p.join for p in people if p.join],
+                   setup_s=max(played["setup_s"]))
         solo = Learner(-1, server, "solo", titles, seed=4242)
         solo.open()
         try:

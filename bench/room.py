@@ -638,45 +638,48 @@ def _single(server: Server, model: str, dataset: str, ctx: Context) -> list[Move
         p.close()
 
 
-def _room(server: Server, model: str, dataset: str, n: int, duration: float, ctx: Context) -> RoomRun:
-    people = [Participant(i, server, model, dataset, GROUPS[i % len(GROUPS)], seed=1000 + i) for i in range(n)]
-    t0 = time.perf_counter()
-    openers = [threading.Thread(target=p.open, name=f"room-open-{p.who}") for p in people]
-    for t in openers:
+def in_parallel(people: list, method: str, *args) -> None:
+    """``person.<method>(*args)`` for everybody at once, one thread each; returns when all are done."""
+    threads = [threading.Thread(target=getattr(p, method), args=args, name=f"room-{method}-{p.who}") for p in people]
+    for t in threads:
         t.start()
-    for t in openers:
+    for t in threads:
         t.join()
+
+
+def play_room(server: Server, people: list, duration: float, ctx: Context, where: str) -> dict[str, Any]:
+    """Open every participant at once (logged as "N participants <where> in ..."), let them play for
+    ``duration`` seconds, close them all; returns what every room measures alike (the server's CPU and
+    RSS over the play, the clients' CPU, load, setup errors and times)."""
+    t0 = time.perf_counter()
+    in_parallel(people, "open")
     bad = [f"participant {p.who}: {p.setup_error}" for p in people if p.setup_error]
-    ctx.log(f"  {n} participants on Compress in {time.perf_counter() - t0:.1f} s "
+    ctx.log(f"  {len(people)} participants {where} in {time.perf_counter() - t0:.1f} s "
             f"(slowest {max(p.setup_s or 0 for p in people):.1f} s); setup errors: {len(bad)}"
             + (f" ({bad[0]})" if bad else ""))
     load_start = load_avg()
     start = time.perf_counter() + 0.5
     rss_start, cpu0, me0 = server.rss_mb(), server.cpu_s(), time.process_time()
-    threads = [threading.Thread(target=p.play, args=(start, duration), name=f"room-{p.who}") for p in people]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_parallel(people, "play", start, duration)
     finally:
         end = time.perf_counter()
-        cpu1, me1 = server.cpu_s(), time.process_time()
-        rss_end = server.rss_mb()
-        closers = [threading.Thread(target=p.close) for p in people]   # a busy server is slow to answer a close
-        for t in closers:
-            t.start()
-        for t in closers:
-            t.join()
+        cpu1, me1, rss_end = server.cpu_s(), time.process_time(), server.rss_mb()
+        in_parallel(people, "close")             # a busy server is slow to answer a close
+    span = max(1e-9, end - start)
+    return {"setup_errors": bad, "stray": [f"participant {p.who}: {s}" for p in people for s in p.stray],
+            "setup_s": [p.setup_s or 0.0 for p in people],
+            "rss": {"start_mb": rss_start, "peak_mb": server.peak(start, end), "end_mb": rss_end},
+            "cpu_pct": 100 * (cpu1 - cpu0) / span, "client_cpu_pct": 100 * (me1 - me0) / span,
+            "load_start": load_start, "load_end": load_avg(), "seconds": end - start}
+
+
+def _room(server: Server, model: str, dataset: str, n: int, duration: float, ctx: Context) -> RoomRun:
+    people = [Participant(i, server, model, dataset, GROUPS[i % len(GROUPS)], seed=1000 + i) for i in range(n)]
+    played = play_room(server, people, duration, ctx, "on Compress")
     moves = [m for p in people for m in p.moves]
     _exact_from_log(moves, {p.who: p.user for p in people}, server.exact_entries())
-    span = max(1e-9, end - start)
-    return RoomRun(moves=moves, setup_errors=bad, stray=[f"participant {p.who}: {s}" for p in people for s in p.stray],
-                   setup_s=[p.setup_s or 0.0 for p in people],
-                   rss={"start_mb": rss_start, "peak_mb": server.peak(start, end), "end_mb": rss_end},
-                   cpu_pct=100 * (cpu1 - cpu0) / span, client_cpu_pct=100 * (me1 - me0) / span,
-                   load_start=load_start, load_end=load_avg(), seconds=end - start,
-                   backends=sorted({b for p in people for b in _backend(p.caption)}))
+    return RoomRun(moves=moves, **played, backends=sorted({b for p in people for b in _backend(p.caption)}))
 
 
 def stats(xs: list[float]) -> dict[str, float]:
