@@ -33,6 +33,15 @@ def _hermetic_workspace(tmp_path_factory):
         os.environ["PET_WORKSPACE"] = old
 
 
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A fresh workspace (ledger and run weights) for one test module; a module may define its own."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("workspace")
+        mp.setenv("PET_WORKSPACE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """One intra-op thread: tests run many small ops, and on 2 busy cores OpenMP's spin-waits

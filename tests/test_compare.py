@@ -34,14 +34,6 @@ SPARSE = {"prune": {"sparsity": 0.95}}
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("workspace")
-        mp.setenv("PET_WORKSPACE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def digits(workspace):
     """(ledger, baseline, baseline run id, sparse run id) in the workspace's ledger."""
     baseline = load_baseline(MODEL, "digits")

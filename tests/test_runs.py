@@ -30,14 +30,6 @@ FINETUNE = {"steps": 30, "techniques": {"qat": {}}}
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("workspace")
-        mp.setenv("PET_WORKSPACE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def baseline(workspace):
     return load_baseline(MODEL, "digits")
 

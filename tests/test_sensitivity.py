@@ -29,13 +29,6 @@ LADDER = SensitivityConfig(sparsities=(0.5, 0.9), bits=(8, 4))
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PET_WORKSPACE", str(tmp_path_factory.mktemp("workspace")))
-        yield
-
-
-@pytest.fixture(scope="module")
 def baseline():
     return load_baseline(MODEL, "digits")
 
