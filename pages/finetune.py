@@ -70,7 +70,7 @@ except PetError as exc:
     st.stop()
 
 handle = ss.get("finetune_job")
-running = handle is not None and not handle.job.done
+running = jobs.running(handle)
 b1, b2 = st.columns(2)
 if b1.button("Start", type="primary", disabled=running, key="f_start", icon=":material/play_arrow:"):
     base = state.baseline()
@@ -118,9 +118,7 @@ def live() -> None:
     if history:
         st.plotly_chart(training_curves(history), width="stretch")
     run = state.ledger().get(ss["finetune_run"])
-    if job.done and ss.get("finetune_seen") != job.id:
-        ss["finetune_seen"] = job.id
-        st.rerun()    # a full rerun turns the timer off and enables Start
+    jobs.rerun_once_done(handle, "finetune_seen")    # turns the timer off and enables Start
     if status["state"] in ("failed", "cancelled"):
         st.error(f"Fine-tuning {status['state']}: the compressed model and the recipe are unchanged.")
         st.code(str(status.get("error") or status.get("reason") or run.get("error") or ""), language=None,

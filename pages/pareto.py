@@ -34,7 +34,7 @@ with st.expander("Sweep a grid in a worker process (sparsity × bits)"):
     sparsities = c1.multiselect("Sparsities", [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], default=[0.5, 0.8, 0.9, 0.95])
     bits = c2.multiselect("Bits", [2, 3, 4, 5, 6, 8], default=[2, 4, 8])
     handle = ss.get("sweep")
-    running = handle is not None and not handle.job.done
+    running = jobs.running(handle)
     if c1.button("Run sweep", disabled=running or not sparsities or not bits, key="p_sweep",
                  icon=":material/play_arrow:"):
         source = state.job_source(state.baseline())
@@ -55,7 +55,7 @@ kinds = c2.multiselect("Kinds", ["baseline", "post-training", "sweep", "fine-tun
                        default=["baseline", "post-training", "sweep", "fine-tuned"], key="p_kinds")
 
 
-@st.fragment(run_every=1.0 if (h := ss.get("sweep")) is not None and not h.job.done else None)
+@st.fragment(run_every=1.0 if jobs.running(ss.get("sweep")) else None)
 def chart() -> None:
     handle = ss.get("sweep")
     if handle is not None:
@@ -67,9 +67,7 @@ def chart() -> None:
         elif status["state"] == "failed":
             st.error("The sweep stopped with an error:")
             st.code(str(status.get("error")), language=None, wrap_lines=True)
-        if handle.job.done and ss.get("sweep_seen") != handle.job.id:
-            ss["sweep_seen"] = handle.job.id
-            st.rerun()   # a full rerun turns the timer off
+        jobs.rerun_once_done(handle, "sweep_seen")
     points = run_points(state.runs(everyone=everyone, kinds=kinds), metric["name"])
     event = st.plotly_chart(pareto_figure(points, ss.get("pareto_selected"), lineage_edges(points), metric),
                             on_select="rerun", selection_mode="points", key="pareto_chart", width="stretch")

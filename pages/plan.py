@@ -8,7 +8,7 @@ Compress in one click.
 import streamlit as st
 
 from pet_core.size import model_bytes
-from studio import plan_view, state
+from studio import jobs, plan_view, state
 
 ss = st.session_state
 state.init()  # also here: a fresh server's first run may execute this page alone
@@ -38,7 +38,7 @@ if config is not None and result is None:
         plan_view.submit("sensitivity", {"ladder": config.to_dict()}, f"sensitivity {label}", "pl_sens_job")
         st.rerun()
     if c2.button("Stop", disabled=not busy, key="pl_sens_stop", icon=":material/stop:"):
-        plan_view.jobs.runner().cancel(ss["pl_sens_job"].job.id)
+        jobs.runner().cancel(ss["pl_sens_job"].job.id)
 
 
 @st.fragment(run_every=1.0 if plan_view.running("pl_sens_job") else None)
@@ -51,9 +51,7 @@ def sensitivity_live() -> None:
         plan_view.show_partial(status, metric)
     else:
         plan_view.show_failure(status, "analysis")
-    if handle.job.done and ss.get("pl_sens_seen") != handle.job.id:
-        ss["pl_sens_seen"] = handle.job.id
-        st.rerun()   # a full rerun reads the finished analysis from the ledger and stops the timer
+    jobs.rerun_once_done(handle, "pl_sens_seen")   # reads the finished job's result, stops the timer
 
 
 sensitivity_live()
@@ -72,7 +70,7 @@ if c1.button("Plan", disabled=busy or config is None, key="pl_plan_go", type="pr
                      "plan", "pl_plan_job")
     st.rerun()
 if c2.button("Stop planning", disabled=not busy, key="pl_plan_stop", icon=":material/stop:"):
-    plan_view.jobs.runner().cancel(ss["pl_plan_job"].job.id)
+    jobs.runner().cancel(ss["pl_plan_job"].job.id)
 
 
 @st.fragment(run_every=1.0 if plan_view.running("pl_plan_job") else None)
@@ -86,9 +84,7 @@ def plan_live() -> None:
         ss["pl_plan_result"] = status["result"]
     else:
         plan_view.show_failure(status, "plan")
-    if handle.job.done and ss.get("pl_plan_seen") != handle.job.id:
-        ss["pl_plan_seen"] = handle.job.id
-        st.rerun()
+    jobs.rerun_once_done(handle, "pl_plan_seen")   # reads the finished job's result, stops the timer
 
 
 plan_live()

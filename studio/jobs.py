@@ -68,3 +68,16 @@ def submit(task: str, kwargs: dict, label: str) -> JobHandle:
     """Submit ``task`` for this session (PetError when its limit of jobs is reached)."""
     r = runner()
     return JobHandle(r.submit(task, kwargs, owner=session_id(), label=label), r)
+
+
+def running(handle: JobHandle | None) -> bool:
+    """True while the session's job under this handle is queued or running."""
+    return handle is not None and not handle.job.done
+
+
+def rerun_once_done(handle: JobHandle | None, seen_key: str) -> None:
+    """The first time a page's live fragment sees its job finished, a full rerun: it turns the fragment's
+    timer off and redraws the page from what the job recorded (``seen_key`` remembers the job)."""
+    if handle is not None and handle.job.done and st.session_state.get(seen_key) != handle.job.id:
+        st.session_state[seen_key] = handle.job.id
+        st.rerun()

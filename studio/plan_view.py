@@ -62,8 +62,7 @@ def job_state(key: str) -> tuple[Any, dict[str, Any] | None]:
 
 
 def running(key: str) -> bool:
-    handle = st.session_state.get(key)
-    return handle is not None and not handle.job.done
+    return jobs.running(st.session_state.get(key))
 
 
 def show_failure(status: dict[str, Any], what: str) -> None:
