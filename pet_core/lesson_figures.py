@@ -17,18 +17,11 @@ import torch
 
 from pet_core.errors import PetError
 from pet_core.figures import singular_value_figure, weight_histogram
+from pet_core.lessons import applied, teacher_logits
 from pet_core.recipe import Recipe
 
 CURVE_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 HEIGHT = 340
-
-
-def _workbench(baseline, recipe: dict):
-    from pet_core.loader import open_workbench
-
-    wb = open_workbench(baseline)
-    wb.apply(Recipe.from_dict({"pet_recipe": 1, **recipe}))
-    return wb
 
 
 def _largest(wb) -> str:
@@ -40,7 +33,7 @@ def _largest(wb) -> str:
 def histogram(baseline, recipe: dict) -> go.Figure:
     from pet_core.analysis import layer_stats
 
-    wb = _workbench(baseline, recipe)
+    wb = applied(baseline, recipe)
     name = _largest(wb)
     before = layer_stats(name, wb.layers[name].type, wb.baseline_weight(name))
     result = wb.result(name)
@@ -56,7 +49,7 @@ def histogram(baseline, recipe: dict) -> go.Figure:
 
 
 def channels(baseline, recipe: dict) -> go.Figure:
-    wb = _workbench(baseline, recipe)
+    wb = applied(baseline, recipe)
     name = _largest(wb)
     before = wb.baseline_weight(name).detach().float()
     after = wb.layers[name].weight.detach().float()
@@ -75,7 +68,7 @@ def channels(baseline, recipe: dict) -> go.Figure:
 def spectrum(baseline, recipe: dict) -> go.Figure:
     from pet_core.analysis import singular_values
 
-    wb = _workbench(baseline, recipe)
+    wb = applied(baseline, recipe)
     name = _largest(wb)
     s = singular_values(wb.baseline_weight(name))
     result = wb.result(name)
@@ -86,7 +79,7 @@ def spectrum(baseline, recipe: dict) -> go.Figure:
 
 
 def nm_pattern(baseline, recipe: dict) -> go.Figure:
-    wb = _workbench(baseline, recipe)
+    wb = applied(baseline, recipe)
     name = _largest(wb)
     w = wb.layers[name].weight.detach().float().flatten(1)[:16, :32]
     fig = go.Figure(go.Heatmap(z=(w != 0).int().tolist(), colorscale=[[0, "#f4f4f4"], [1, "#e4572e"]], showscale=False,
@@ -98,13 +91,7 @@ def nm_pattern(baseline, recipe: dict) -> go.Figure:
 
 
 def temperature(baseline, recipe: dict, temperatures: tuple[float, ...] = (1.0, 4.0)) -> go.Figure:
-    from pet_core.loader import open_workbench
-
-    wb = open_workbench(baseline)
-    if not wb.measures or wb.metric.name != "accuracy":
-        raise PetError("the temperature figure needs a classifier loaded with a dataset")
-    with torch.no_grad():
-        logits = wb.baseline(wb.x_eval[:1]).float()[0]
+    logits = teacher_logits(baseline, 1)[0]
     fig = go.Figure()
     for t, color in zip(temperatures, ("#8fa8c8", "#e4572e", "#2a9d8f")):
         p = torch.softmax(logits / t, dim=0)

@@ -185,7 +185,8 @@ def load_lessons(dirs: list[Path] | None = None) -> tuple[list[Lesson], list[str
 
 # --- the measured answer ------------------------------------------------------------------------
 
-def _applied(baseline, recipe: dict):
+def applied(baseline, recipe: dict):
+    """A fresh working copy of ``baseline`` with a lesson's recipe steps applied (the session's is never touched)."""
     from pet_core.loader import open_workbench
 
     wb = open_workbench(baseline)
@@ -193,8 +194,20 @@ def _applied(baseline, recipe: dict):
     return wb
 
 
+def teacher_logits(baseline, n: int):
+    """The baseline's logits on its first ``n`` evaluation examples, float32 (n, classes); classifiers only."""
+    import torch
+
+    wb = applied(baseline, {})
+    if not wb.measures or wb.metric.name != "accuracy":
+        raise PetError("distillation's soft targets need a classifier loaded with a dataset"
+                       + ("" if not wb.measures else f" (this model's metric is {wb.metric.name})"))
+    with torch.no_grad():
+        return wb.baseline(wb.x_eval[:n]).float()
+
+
 def _metric(baseline, ex: Exercise) -> float:
-    wb = _applied(baseline, ex.recipe)
+    wb = applied(baseline, ex.recipe)
     if not wb.measures:
         raise PetError("this exercise measures the model's metric, and the model was loaded without a dataset")
     if ex.unit == "%" and wb.metric.name != "accuracy":
@@ -206,7 +219,7 @@ def _metric(baseline, ex: Exercise) -> float:
 
 def _report(field: str, scale: float = 1.0) -> Callable[[Any, Exercise], float]:
     def measure(baseline, ex: Exercise) -> float:
-        return scale * float(_applied(baseline, ex.recipe).report()["compressed"][field])
+        return scale * float(applied(baseline, ex.recipe).report()["compressed"][field])
     return measure
 
 
@@ -214,14 +227,7 @@ def _teacher_confidence(baseline, ex: Exercise) -> float:
     """The baseline's mean top-class probability on the test set with its logits divided by T (in %)."""
     import torch
 
-    from pet_core.loader import open_workbench
-
-    wb = open_workbench(baseline)
-    if not wb.measures or wb.metric.name != "accuracy":
-        raise PetError("this exercise needs a classifier loaded with a dataset")
-    with torch.no_grad():
-        logits = wb.baseline(wb.x_eval[:2000]).float()
-        p = torch.softmax(logits / ex.temperature, dim=1).amax(dim=1)
+    p = torch.softmax(teacher_logits(baseline, 2000) / ex.temperature, dim=1).amax(dim=1)
     return 100.0 * float(p.mean())
 
 
