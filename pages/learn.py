@@ -3,7 +3,7 @@ predict-then-reveal exercise; each lesson's preset loads a worked example in one
 
 import streamlit as st
 
-from pet_core.lessons import shown_value
+from pet_core.lessons import how_far, shown_value
 from pet_core.workshop_figures import guesses_figure
 from studio import handout_view, lesson_view, state, workshop_view
 from studio.text import plain
@@ -71,7 +71,7 @@ with st.container(border=True):
                 except Exception as exc:      # a lesson is data: whatever it asks, the page stays up
                     st.error(f"Could not measure this exercise on this model: {plain(exc)}")
                     st.stop()
-            workshop_view.record_guess(lesson.id, entry)
+            workshop_view.record_guess(lesson, entry)
             st.rerun()
     else:
         if entry.get("model") not in (None, state.source_key()):
@@ -83,7 +83,7 @@ with st.container(border=True):
         m = st.columns(3)
         m[0].metric("Your guess", shown_value(entry["guess"], ex.unit))
         m[1].metric("Measured", shown_value(entry["truth"], ex.unit))
-        m[2].metric("How far off", lesson_view.how_far(entry["guess"], entry["truth"], ex.unit)["text"])
+        m[2].metric("How far off", how_far(entry["guess"], entry["truth"], ex.unit)["text"])
         who = workshop_view.joined()
         if who:
             room = workshop_view.room().guesses(who["code"], lesson.id)

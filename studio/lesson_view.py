@@ -8,13 +8,12 @@ measured truth once revealed. In a workshop the guess also goes to the room (``s
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import streamlit as st
 
 from pet_core.lesson_figures import lesson_figure
-from pet_core.lessons import Lesson, answer, how_far, load_lessons
+from pet_core.lessons import Lesson, answer, load_lessons
 from pet_core.presets import Preset, load_presets
 from studio import state
 from studio.text import plain
@@ -63,21 +62,18 @@ def truth(lesson: Lesson, base) -> float:
 
 
 def progress() -> dict[str, dict[str, Any]]:
-    """This session's exercises: lesson id → {title, question, unit, guess, truth, ...}."""
+    """This session's exercises: lesson id → {guess, truth (None until revealed), model (its source key)}."""
     return ss.setdefault("lesson_progress", {})
 
 
 def commit_guess(lesson: Lesson, guess: float) -> None:
-    ex = lesson.exercise
-    progress()[lesson.id] = {"title": lesson.title, "question": ex.question, "unit": ex.unit,
-                             "guess": float(guess), "truth": None, "at": time.time(), "model": state.source_key()}
+    progress()[lesson.id] = {"guess": float(guess), "truth": None, "model": state.source_key()}
 
 
 def reveal(lesson: Lesson, base) -> dict[str, Any]:
-    """Measure the answer (once per model, shared by the room) and score the committed guess."""
+    """Measure the answer to the committed guess (once per model, shared by the room)."""
     entry = progress()[lesson.id]
     entry["truth"] = truth(lesson, base)
-    entry.update(how_far(entry["guess"], entry["truth"], lesson.exercise.unit))
     return entry
 
 

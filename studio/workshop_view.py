@@ -74,8 +74,7 @@ def restore_guesses(code: str, nickname: str) -> None:
     mine = progress()
     for g in room().guesses(code):
         if g["nickname"] == nickname and g["lesson"] not in mine:
-            mine[g["lesson"]] = {"guess": g["guess"], "truth": g["truth"], "unit": g["unit"], "at": g["at"],
-                                 "restored": True}
+            mine[g["lesson"]] = {"guess": g["guess"], "truth": g["truth"], "model": None}
 
 
 def join_form(key: str) -> None:
@@ -111,10 +110,11 @@ def banner() -> None:
                    "your runs and guesses appear on the class board.")
 
 
-def record_guess(lesson_id: str, entry: dict[str, Any]) -> None:
+def record_guess(lesson, entry: dict[str, Any]) -> None:
     who = joined()
     if who and entry.get("truth") is not None:
-        room().record_guess(who["code"], who["nickname"], lesson_id, entry["guess"], entry["truth"], entry["unit"])
+        room().record_guess(who["code"], who["nickname"], lesson.id, entry["guess"], entry["truth"],
+                            lesson.exercise.unit)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
