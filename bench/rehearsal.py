@@ -55,7 +55,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +64,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import Context, Goal, Result, load_avg, median  # noqa: E402
-from bench.room import (FULL_S, INTERVAL_S, NUMBER_TIMEOUT_S, QUICK_S, Client, RoomResult, Server, play_room,  # noqa: E402
-                        pct, stats)
+from bench.room import (FULL_S, INTERVAL_S, NUMBER_TIMEOUT_S, QUICK_S, Client, RoomResult, Server, closed,  # noqa: E402
+                        play_room, pct, stats)
 
 MODEL, DATASET = "lenet_300_100", "digits"      # the app's default source
 CODE, BUDGET = "bench-ws", "10x"
@@ -303,27 +302,7 @@ class Learner(Client):
 
     def play(self, start: float, duration: float) -> None:
         """An interaction every INTERVAL_S from ``start + phase`` until ``start + duration``."""
-        if self.setup_error:
-            return
-        try:
-            self.pump(start)
-            k = 0
-            while True:
-                tick = start + self.phase + k * INTERVAL_S
-                if tick >= start + duration:
-                    break
-                self.pump(tick)
-                a = self.step()
-                self.acts.append(a)
-                if any(e.startswith("RuntimeError: connection closed") for e in a.errors):
-                    return
-                k += 1
-                while start + self.phase + k * INTERVAL_S < time.perf_counter():
-                    k += 1
-                    a.late_ticks += 1
-            self.pump(start + duration)
-        except Exception as exc:  # noqa: BLE001
-            self.stray.append(f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=2).splitlines()[-1]})")
+        self.paced(start, duration, lambda tick: self.step(), self.acts)
 
     def alone(self, n: int) -> None:
         """``n`` interactions back to back (0.2 s apart), as the baseline."""
@@ -331,7 +310,7 @@ class Learner(Client):
             self.pump(time.perf_counter() + 0.2)
             a = self.step()
             self.acts.append(a)
-            if any(e.startswith("RuntimeError: connection closed") for e in a.errors):
+            if closed(a):
                 return
 
 

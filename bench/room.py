@@ -72,7 +72,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,6 +286,11 @@ class Move:
     warnings: list[str] = field(default_factory=list)
 
 
+def closed(result) -> bool:
+    """Whether an act (a Move or an Interaction) ended because the server closed the connection."""
+    return any(e.startswith("RuntimeError: connection closed") for e in result.errors)
+
+
 class Client:
     """One browser tab, as far as the server can tell: Streamlit's protocol over a websocket (see the
     module's docstring). What is particular to a page is left to a subclass: the widget states every
@@ -419,6 +424,33 @@ class Client:
             if isinstance(data, bytes):
                 self._handle(data, time.perf_counter())
 
+    def paced(self, start: float, duration: float, act: Callable[[float], Any], done: list) -> None:
+        """``act(tick)`` every INTERVAL_S from ``start + self.phase`` until ``start + duration``, each result (an
+        object with ``errors`` and ``late_ticks``) appended to ``done``. What arrives between ticks belongs to the
+        previous act; an act that outlasts the interval skips the ticks it ate; a closed connection ends the play.
+        A subclass sets ``phase`` and ``setup_error`` (a participant that failed to open does not play)."""
+        if self.setup_error:
+            return
+        try:
+            self.pump(start)
+            k = 0
+            while True:
+                tick = start + self.phase + k * INTERVAL_S
+                if tick >= start + duration:
+                    break
+                self.pump(tick)
+                result = act(tick)
+                done.append(result)
+                if closed(result):
+                    return
+                k += 1
+                while start + self.phase + k * INTERVAL_S < time.perf_counter():
+                    k += 1
+                    result.late_ticks += 1
+            self.pump(start + duration)
+        except Exception as exc:  # noqa: BLE001 - reported, the room goes on
+            self.stray.append(f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=2).splitlines()[-1]})")
+
     def close(self) -> None:
         if self.ws is not None:
             try:
@@ -551,27 +583,7 @@ class Participant(Client):
 
     def play(self, start: float, duration: float) -> None:
         """Move every INTERVAL_S from ``start + phase`` until ``start + duration``."""
-        if self.setup_error:
-            return
-        try:
-            self.pump(start)
-            k = 0
-            while True:
-                tick = start + self.phase + k * INTERVAL_S
-                if tick >= start + duration:
-                    break
-                self.pump(tick)                   # what comes meanwhile belongs to the previous move
-                m = self.move(self.next_value(), tick + INTERVAL_S)
-                self.moves.append(m)
-                if any(e.startswith("RuntimeError: connection closed") for e in m.errors):
-                    return
-                k += 1
-                while start + self.phase + k * INTERVAL_S < time.perf_counter():
-                    k += 1                    # this move outlasted the interval: skip the ticks it ate
-                    m.late_ticks += 1
-            self.pump(start + duration)
-        except Exception as exc:  # noqa: BLE001
-            self.stray.append(f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=2).splitlines()[-1]})")
+        self.paced(start, duration, lambda tick: self.move(self.next_value(), tick + INTERVAL_S), self.moves)
 
 
 # --- the room -------------------------------------------------------------------------------------
